@@ -1,0 +1,59 @@
+"""Every data setting with its default; experiment files start here and override fields."""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Data config: source, splits, tokenizer, objective and its options, workers."""
+    return ml_collections.ConfigDict(dict(
+        # --- source
+        source="tfds",  # 'tfds' | 'text' (local files) | 'tsv' (GLUE-style, classification)
+        name="tiny_shakespeare",  # TFDS name, e.g. 'glue/sst2'
+        data_dir="",  # TFDS data dir; '' = $TFDS_DATA_DIR, else ../shared/tfds
+        files={},  # text/tsv: split name -> glob, e.g. {'train': 'wikitext-2/train.txt'}
+        text_key="text",  # TFDS feature that holds the text
+        # text files: 'file' (a document each) | 'blank_line' | 'line' | 'wikitext'
+        # (articles) | any other string: a line equal to it ends a document.
+        doc_separator="file",
+        # e.g. 0.9: 'train' = the first 90% of the characters of the 'train' documents,
+        # 'validation'/'test' = the rest (nanoGPT's shakespeare_char split).
+        char_split=0.0,
+        chunk_chars=0,  # >0: cut documents into pieces this long (finer shuffling)
+        train_split="train",  # split names may be sliced or joined: 'train[:10%]+test'
+        eval_split="validation",
+        # --- tokenizer
+        tokenizer=dict(
+            kind="char",  # 'sentencepiece' | 'char' | 'wordpiece' (HF BERT tokenizer.json)
+            path="",  # .model / tokenizer.json / char vocab .json ('' = char from the text)
+            vocab_split="train",  # char: the split whose characters are the vocabulary
+            vocab_multiple=128,  # pad vocab_size up to a multiple of this (1 = no padding)
+        ),
+        # --- objective
+        objective="causal",  # 'causal' | 'mlm' | 'mlm_nsp' | 'span_corruption' | 'classification'
+        seq_len=128,
+        causal=dict(
+            add_eos=True,  # <eos> before every document (off: one plain character stream)
+            segment_ids=True,  # emit segment_ids/positions: attention stays in a document
+        ),
+        mlm=dict(
+            rate=0.15,  # fraction of non-special tokens chosen
+            mask_prob=0.8,  # of the chosen: -> [MASK]
+            random_prob=0.1,  # -> a random token (the rest keep their token)
+            whole_word=False,  # choose whole words (all their word pieces) at once
+            max_predictions=0,  # cap on chosen tokens per sequence (BERT: 20 at 128); 0 = none
+        ),
+        nsp=dict(
+            random_next_prob=0.5,  # B is a segment of another document this often
+            short_seq_prob=0.1,  # BERT: sometimes make shorter sequences
+        ),
+        span=dict(
+            noise_density=0.15,
+            mean_span_length=3.0,
+        ),
+        task="",  # classification: 'sst2' | 'cola' | 'mrpc' | 'rte' | 'stsb' | 'qnli' | 'wnli'
+        # --- pipeline
+        shuffle_buffer=1024,  # window shuffle of packed rows / instances when shuffling
+        num_threads=4,  # threads that read + tokenize documents
+        prefetch=4,  # batches prepared ahead (a background thread)
+        workers=0,  # >0: worker processes (training iterators only)
+    ))

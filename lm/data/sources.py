@@ -1,0 +1,343 @@
+"""Random-access data sources: TFDS (array_record, no TensorFlow), local text files, TSV.
+
+Every source is a `Sequence`: `len(src)` and `src[i]` read one document (a `str`) or one
+record (a `dict`) on demand, so the pipeline never holds a corpus in memory. Local text
+files are indexed once by byte offsets (a few integers per document) and read with
+`os.pread`, which keeps file pages out of the process's RSS.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import dataclasses
+import glob
+import os
+import pathlib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lm import paths
+
+# ` = Title = ` starts a WikiText article; ` = = Section = = ` does not.
+_WIKITEXT_TITLE = re.compile(rb"^ = [^=].* = $")
+_NAMED_SEPARATORS = ("file", "line", "blank_line", "wikitext")
+_SPLIT_PART = re.compile(r"^(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def parse_split(split: str) -> list[tuple[str, str | None, str | None]]:
+    """'train[:10%]+validation' -> [('train', None, '10%'), ('validation', None, None)]."""
+    parts = []
+    for part in split.replace(" ", "").split("+"):
+        m = _SPLIT_PART.match(part)
+        if not m:
+            raise ValueError(
+                f"bad split {split!r}: expected names joined by '+', each optionally sliced "
+                "like 'train', 'train[:10%]', 'train[100:200]'")
+        parts.append((m.group(1), m.group(2) or None, m.group(3) or None))
+    return parts
+
+
+def _bound(b: str | None, n: int, default: int) -> int:
+    if b is None:
+        return default
+    k = round(n * int(b[:-1]) / 100) if b.endswith("%") else int(b)
+    k = n + k if k < 0 else k
+    return min(max(k, 0), n)
+
+
+class Concat(Sequence):
+    """Several random-access sequences read as one (for 'train+validation')."""
+
+    def __init__(self, parts: Sequence[Sequence]):
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.parts[k][i - self.starts[k]]
+
+
+@dataclasses.dataclass
+class Slice(Sequence):
+    parent: Sequence
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.parent[self.start + i]
+
+
+def apply_split(split: str, by_name: dict[str, Sequence]) -> Sequence:
+    """Resolves a split expression over named, already built sequences."""
+    parts = []
+    for name, lo, hi in parse_split(split):
+        if name not in by_name:
+            raise ValueError(f"unknown split {name!r}: this source has {sorted(by_name)}")
+        seq = by_name[name]
+        n = len(seq)
+        parts.append(Slice(seq, _bound(lo, n, 0), _bound(hi, n, n)))
+    return parts[0] if len(parts) == 1 else Concat(parts)
+
+
+# ------------------------------------------------------------------------------- TFDS
+
+
+def tfds_data_dir(data_dir: str | None) -> str:
+    """data_dir, else $TFDS_DATA_DIR, else the shared prepared copies."""
+    return str(data_dir or os.environ.get("TFDS_DATA_DIR") or paths.SHARED_TFDS)
+
+
+def _check_prepared(name: str, data_dir: str) -> None:
+    # tfds.data_source would try to download and build a missing dataset (which needs
+    # TensorFlow and internet): fail early with instructions instead.
+    base = pathlib.Path(data_dir, *name.split(":")[0].split("/"))
+    if not any(base.glob("**/dataset_info.json")):
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r} (no "
+            f"{base}/.../dataset_info.json). Prepare it on a machine with internet access "
+            f"(`pip install tensorflow tensorflow-datasets; tfds build {name.split(':')[0]} "
+            "--data_dir=DIR`, or `tfds.data_source(name, data_dir=DIR)` once), copy DIR here, "
+            "and set data.data_dir=DIR or the TFDS_DATA_DIR environment variable.")
+
+
+def tfds_records(name: str, split: str, data_dir: str | None = None) -> Sequence[dict]:
+    """Random access to a prepared TFDS split (array_record) without TensorFlow."""
+    import tensorflow_datasets as tfds  # slow import: only when used
+
+    data_dir = tfds_data_dir(data_dir)
+    _check_prepared(name, data_dir)
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+
+
+@dataclasses.dataclass
+class Field(Sequence):
+    """One text feature of a record source, as `str`."""
+
+    records: Sequence[dict]
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> str:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        record = self.records[i]
+        if self.key not in record:
+            raise KeyError(f"records have no text feature {self.key!r}; they have "
+                           f"{sorted(record)} (set data.text_key)")
+        return as_str(record[self.key])
+
+
+def as_str(x: Any) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+# ------------------------------------------------------------------------- text files
+
+
+def _line_kind(body: bytes, separator: str) -> str:
+    """'title' (a document starts here), 'sep' (a separator line) or 'text'."""
+    if separator == "wikitext" and _WIKITEXT_TITLE.match(body):
+        return "title"
+    if separator == "blank_line" and not body.strip():
+        return "sep"
+    if separator not in _NAMED_SEPARATORS and body == separator.encode():
+        return "sep"
+    return "text"
+
+
+def _doc_spans(path: str, separator: str) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of the non-blank documents of one file, streaming its lines."""
+    if separator == "file":
+        return [(0, os.path.getsize(path))]
+    spans, start, pos, has_text = [], 0, 0, False
+
+    def close(end: int) -> None:
+        if has_text:
+            spans.append((start, end))
+
+    with open(path, "rb") as f:
+        for line in f:
+            body = line.rstrip(b"\r\n")
+            kind = _line_kind(body, separator)
+            if kind == "title":  # the title line belongs to its article
+                close(pos)
+                start, has_text = pos, False
+            if kind == "sep":
+                close(pos)
+                start, has_text = pos + len(line), False
+            else:
+                has_text = has_text or bool(body.strip())
+            pos += len(line)
+            if separator == "line":
+                close(pos - len(line) + len(body))
+                start, has_text = pos, False
+    close(pos)
+    return spans
+
+
+class TextFiles(Sequence):
+    """Documents of local text files (a glob): one per file, or split by a separator.
+
+    separator: 'file' (a document per file), 'blank_line', 'line', 'wikitext' (articles
+    start at ` = Title = ` lines), or any other string: a line equal to it ends a document.
+    """
+
+    def __init__(self, pattern: str, separator: str = "file"):
+        self.files = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not self.files:
+            raise FileNotFoundError(f"no files match {pattern!r}")
+        file_ids, starts, ends = [], [], []
+        for k, path in enumerate(self.files):
+            for s, e in _doc_spans(path, separator):
+                file_ids.append(k), starts.append(s), ends.append(e)
+        self.file_ids = np.asarray(file_ids, np.int32)
+        self.starts = np.asarray(starts, np.int64)
+        self.ends = np.asarray(ends, np.int64)
+        self._fds: dict[int, int] = {}
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _fd(self, k: int) -> int:
+        if self._pid != os.getpid():  # file descriptors do not survive a worker's fork
+            self._fds, self._pid = {}, os.getpid()
+        if k not in self._fds:
+            self._fds[k] = os.open(self.files[k], os.O_RDONLY)
+        return self._fds[k]
+
+    def __getitem__(self, i: int) -> str:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start, end = int(self.starts[i]), int(self.ends[i])
+        data = os.pread(self._fd(int(self.file_ids[i])), end - start, start)
+        return data.decode("utf-8", errors="replace")
+
+    def __getstate__(self):  # picklable for worker processes: reopen files there
+        return {**self.__dict__, "_fds": {}, "_pid": None}
+
+
+# ---------------------------------------------------------------------- derived views
+
+
+class CharRange(Sequence):
+    """One document: the characters [lo, hi) (fractions) of the concatenated documents.
+
+    nanoGPT's shakespeare_char trains on the first 90% of the characters and validates on
+    the rest; this reads the whole text into memory, so use it for small corpora only.
+    """
+
+    def __init__(self, docs: Sequence[str], lo: float, hi: float):
+        text = "".join(docs[i] for i in range(len(docs)))
+        n = len(text)
+        self.text = text[int(n * lo):int(n * hi)]
+
+    def __len__(self) -> int:
+        return 1 if self.text else 0
+
+    def __getitem__(self, i: int) -> str:
+        if i != 0 or not self.text:
+            raise IndexError(i)
+        return self.text
+
+
+class Chunked(Sequence):
+    """Documents cut into pieces of at most `chunk_chars` characters.
+
+    A corpus of a few huge documents (tiny_shakespeare is one) then shuffles at a finer
+    grain. Building the index reads every document once to learn its length.
+    """
+
+    def __init__(self, docs: Sequence[str], chunk_chars: int):
+        if chunk_chars <= 0:
+            raise ValueError(f"chunk_chars must be positive, got {chunk_chars}")
+        self.docs, self.chunk = docs, chunk_chars
+        counts = [-(-len(docs[i]) // chunk_chars) for i in range(len(docs))]
+        self.starts = np.cumsum([0] + counts)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> str:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        d = int(np.searchsorted(self.starts, i, side="right")) - 1
+        k = i - int(self.starts[d])
+        return self.docs[d][k * self.chunk:(k + 1) * self.chunk]
+
+
+# -------------------------------------------------------------------------------- TSV
+
+
+def read_tsv(path: str, header: bool = True) -> list[dict[str, str]]:
+    """GLUE-style TSV rows as dicts (CSV quoting off: sentences hold stray quotes).
+
+    Without a header the keys are the column numbers as strings ('0', '1', ...).
+    A UTF-8 BOM (MRPC) is dropped. Small files only: GLUE tasks fit in memory.
+    """
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = [r for r in rows if r]
+    if not header:
+        return [{str(k): v for k, v in enumerate(r)} for r in rows]
+    names, body = rows[0], rows[1:]
+    return [dict(zip(names, r)) for r in body]
+
+
+# ------------------------------------------------------------------------------ entry
+
+
+def local_files(cfg, name: str) -> str:
+    """The glob of split `name` (data.files); relative globs that match nothing from the
+    working directory are looked up under the shared data directory."""
+    files = dict(cfg.files)
+    if name not in files:
+        raise ValueError(f"no files for split {name!r}: set data.files.{name}=GLOB "
+                         f"(data.files has {sorted(files) or 'nothing'})")
+    pattern = os.path.expanduser(files[name])
+    if not os.path.isabs(pattern) and not glob.glob(pattern):
+        return str(paths.SHARED_DATA / pattern)
+    return pattern
+
+
+def text_source(cfg, split: str) -> Sequence[str]:
+    """The documents (str) of `split` for data config `cfg` (source 'tfds' or 'text')."""
+    if cfg.char_split:
+        whole = _text_source(cfg, "train")
+        f = float(cfg.char_split)
+        named = {"train": CharRange(whole, 0.0, f), "validation": CharRange(whole, f, 1.0)}
+        named["test"] = named["validation"]
+        docs = apply_split(split, named)
+    else:
+        docs = _text_source(cfg, split)
+    return Chunked(docs, cfg.chunk_chars) if cfg.chunk_chars > 0 else docs
+
+
+def _text_source(cfg, split: str) -> Sequence[str]:
+    if cfg.source == "tfds":
+        return Field(tfds_records(cfg.name, split, cfg.data_dir), cfg.text_key)
+    if cfg.source == "text":
+        named = {name: TextFiles(local_files(cfg, name), cfg.doc_separator)
+                 for name in {p[0] for p in parse_split(split)}}
+        return apply_split(split, named)
+    raise ValueError(f"data.source={cfg.source!r} has no text documents: use 'tfds' or 'text' "
+                     "(TSV files are read by the classification objective)")

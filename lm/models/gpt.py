@@ -1,0 +1,64 @@
+"""GPT: a decoder-only causal LM (GPT-2 at the default config)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lm.models.config import ModelConfig
+from lm.nn.attention import causal_mask, combine_masks, segment_mask
+from lm.nn.layers import LMHead, embed, logits
+from lm.nn.transformer import DecodeIndex, Stack
+
+
+def check_length(cfg: ModelConfig, length: int) -> None:
+    """Learned position tables have max_len rows; longer inputs would index past them."""
+    if cfg.position == "learned" and length > cfg.max_len:
+        raise ValueError(f"sequence length {length} > max_len={cfg.max_len} position embeddings")
+
+
+class GPT(nn.Module):
+    """Token (+ learned position) embedding, a causal stack, tied or untied LM head."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens_BxT: jax.Array,
+        *,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
+        cfg = self.cfg
+        B, T = tokens_BxT.shape
+        if decode:
+            if segment_ids is not None:
+                raise ValueError("segment_ids are not supported with decode=True")
+            index_BxT, key_index_1xS = DecodeIndex(name="decode_index")(B, T)
+            mask = causal_mask(index_BxT, key_index_1xS)
+        else:
+            check_length(cfg, T)
+            index_BxT = key_index_1xS = jnp.arange(T, dtype=jnp.int32)[None]
+            seg = None if segment_ids is None else segment_mask(segment_ids, segment_ids)
+            mask = combine_masks(causal_mask(index_BxT, key_index_1xS), seg)
+        positions_BxT = index_BxT if positions is None else positions
+        token_embed = embed(cfg, cfg.vocab_size, ("vocab", "embed"), "token_embed")
+        x_BxTxD = token_embed(tokens_BxT)
+        if cfg.position == "learned":
+            x_BxTxD += embed(cfg, cfg.max_len, ("position", "embed"), "pos_embed")(positions_BxT)
+        x_BxTxD = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x_BxTxD)
+        x_BxTxD = Stack(cfg, cfg.num_layers, causal=True, name="decoder")(
+            x_BxTxD,
+            mask,
+            positions_BxT=positions_BxT,
+            key_positions_BxS=key_index_1xS if decode else positions_BxT,
+            deterministic=deterministic,
+            decode=decode,
+        )
+        if cfg.tie_embeddings:
+            return logits(x_BxTxD, token_embed.embedding, cfg.dtype)
+        return LMHead(cfg, name="lm_head")(x_BxTxD)

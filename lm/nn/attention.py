@@ -1,0 +1,272 @@
+"""Attention: masks, positions (RoPE, T5 relative bias), the attention math, the module.
+
+Shape letters used in names and einsums throughout `lm.nn`:
+  B batch          T query length     S key length      D model width
+  N query heads    K key/value heads  G = N // K (query heads per kv head)
+  H head dim       F mlp width        V vocab           L layers
+
+Masks are boolean (True = may attend), shaped (B|1, 1, T, S) and built once at the top of
+a model, then passed down; an additive bias (T5 relative positions) is (B|1, N, T, S).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm.nn.layers import dense
+from lm.nn.partitioning import constrain, param_init
+
+if TYPE_CHECKING:  # lm.models imports lm.nn at runtime, not the other way round
+    from lm.models.config import ModelConfig
+
+# Logits of masked pairs. Finite (HF uses the dtype's min too), so a fully masked row gives a
+# uniform softmax instead of NaN; with any unmasked key it contributes exactly 0.
+MASKED_LOGIT = float(np.finfo(np.float32).min)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def causal_mask(q_index_BxT: jax.Array, k_index_BxS: jax.Array) -> jax.Array:
+    """Query i may see key j iff j <= i (indices are sequence or cache-slot positions)."""
+    return k_index_BxS[:, None, None, :] <= q_index_BxT[:, None, :, None]
+
+
+def padding_mask(k_valid_BxS: jax.Array) -> jax.Array:
+    """Nobody attends to padded keys (valid: 1 = real token, 0 = padding)."""
+    return k_valid_BxS.astype(bool)[:, None, None, :]
+
+
+def segment_mask(q_segment_BxT: jax.Array, k_segment_BxS: jax.Array) -> jax.Array:
+    """Packed documents: attend within the same segment id; segment 0 is padding."""
+    same_BxTxS = q_segment_BxT[:, :, None] == k_segment_BxS[:, None, :]
+    return (same_BxTxS & (k_segment_BxS[:, None, :] != 0))[:, None]
+
+
+def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
+    """Logical AND of the masks that are not None (None if all are)."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, rotate-half convention (GPT-NeoX / Llama in HF)."""
+    H = x_BxTxNxH.shape[-1]
+    inv_freq = 1.0 / theta ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H)
+    angle_BxTxh = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+    sin, cos = jnp.sin(angle_BxTxh)[:, :, None], jnp.cos(angle_BxTxh)[:, :, None]
+    x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxTxNxH.dtype)
+
+
+def relative_position_bucket(
+    relative_position: jax.Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
+    """T5's bucket of (key position - query position), exactly as Hugging Face computes it.
+
+    Half the buckets are exact small distances, the rest log-spaced up to max_distance;
+    bidirectional (encoder) splits the buckets between keys before and after the query,
+    unidirectional (decoder) only counts distances to the past.
+    """
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        distance = jnp.abs(relative_position)
+    else:
+        distance = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    # float32 log then truncation toward zero, as torch's `.to(torch.long)` does.
+    safe = jnp.maximum(distance, 1).astype(jnp.float32)
+    log_ratio = jnp.log(safe / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(relative_position.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5 relative position bias: a learned scalar per (bucket, head), shared by a stack."""
+
+    cfg: ModelConfig
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, q_pos_BxT: jax.Array, k_pos_BxS: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        rel_BxTxS = k_pos_BxS[:, None, :] - q_pos_BxT[:, :, None]
+        bucket_BxTxS = relative_position_bucket(
+            rel_BxTxS,
+            bidirectional=self.bidirectional,
+            num_buckets=cfg.rel_buckets,
+            max_distance=cfg.rel_max_distance,
+        )
+        init = param_init(nn.initializers.normal(cfg.init_std), ("rel_buckets", "heads"))
+        table = self.param("embedding", init, (cfg.rel_buckets, cfg.num_heads), jnp.float32)
+        bias_BxTxSxN = jnp.take(table, bucket_BxTxS, axis=0)
+        return jnp.transpose(bias_BxTxSxN, (0, 3, 1, 2))
+
+
+# ----------------------------------------------------------------------------- the math
+
+
+def _grouped(t: jax.Array | None, K: int, G: int) -> jax.Array | None:
+    """(B|1, N|1, T, S) -> (B|1, K|1, G|1, T, S), query head n = k * G + g."""
+    if t is None:
+        return None
+    b, n, tq, s = t.shape
+    return t[:, :, None] if n == 1 else t.reshape(b, K, G, tq, s)
+
+
+def _xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, scale, dropout_rate, rng):
+    B, T, N, H = q_BxTxNxH.shape
+    K = k_BxSxKxH.shape[2]
+    G = N // K
+    q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, G, H)
+    logits_BxKxGxTxS = jnp.einsum(
+        "BTKGH,BSKH->BKGTS", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32
+    )
+    logits_BxKxGxTxS = logits_BxKxGxTxS * scale
+    if bias is not None:
+        logits_BxKxGxTxS = logits_BxKxGxTxS + _grouped(bias, K, G).astype(jnp.float32)
+    if mask is not None:
+        logits_BxKxGxTxS = jnp.where(_grouped(mask, K, G), logits_BxKxGxTxS, MASKED_LOGIT)
+    probs = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)
+    if rng is not None:
+        keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out_BxTxKxGxH = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(v_BxSxKxH.dtype), v_BxSxKxH)
+    return out_BxTxKxGxH.reshape(B, T, N, H)
+
+
+def attention(
+    q_BxTxNxH: jax.Array,
+    k_BxSxKxH: jax.Array,
+    v_BxSxKxH: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    scale: float = 1.0,
+    impl: str = "xla",
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
+    """Softmax(q k^T * scale + bias, masked) v, with K kv heads shared by G = N/K query heads.
+
+    impl 'xla': einsum + float32 softmax (supports attention dropout);
+    'dot': `jax.nn.dot_product_attention` (XLA); 'cudnn': its fused cuDNN kernel (GPU).
+    dropout_rng=None means no attention dropout.
+    """
+    N, K = q_BxTxNxH.shape[2], k_BxSxKxH.shape[2]
+    if N % K:
+        raise ValueError(f"{K} kv heads do not divide {N} query heads")
+    if impl == "xla":
+        return _xla_attention(
+            q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, scale, dropout_rate, dropout_rng
+        )
+    if impl not in ("dot", "cudnn"):
+        raise ValueError(f"attention impl {impl!r} is not one of ('xla', 'dot', 'cudnn')")
+    if dropout_rng is not None:
+        raise ValueError(
+            f"attention_impl={impl!r} has no attention dropout: "
+            "set attention_dropout_rate=0 or use attention_impl='xla'"
+        )
+    if bias is not None:  # cuDNN wants the bias in the compute dtype
+        bias = bias.astype(jnp.float32 if impl == "dot" else q_BxTxNxH.dtype)
+    return jax.nn.dot_product_attention(
+        q_BxTxNxH,
+        k_BxSxKxH,
+        v_BxSxKxH,
+        bias=bias,
+        mask=mask,
+        scale=scale,
+        implementation=None if impl == "dot" else "cudnn",
+    )
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention (x_kv=None; RoPE and the KV cache apply) or cross-attention."""
+
+    cfg: ModelConfig
+    decode: bool = False
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        x_kv_BxSxD: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        bias: jax.Array | None = None,
+        positions_BxT: jax.Array | None = None,
+    ) -> jax.Array:
+        cfg = self.cfg
+        is_self = x_kv_BxSxD is None
+        x_kv_BxSxD = x_BxTxD if is_self else x_kv_BxSxD
+        N, K, H = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+        q_BxTxNxH = self._project(x_BxTxD, N, "heads", "query")
+        k_BxSxKxH = self._project(x_kv_BxSxD, K, "kv_heads", "key")
+        v_BxSxKxH = self._project(x_kv_BxSxD, K, "kv_heads", "value")
+        if is_self and cfg.position == "rope":
+            q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
+            k_BxSxKxH = apply_rope(k_BxSxKxH, positions_BxT, cfg.rope_theta)
+        if is_self and self.decode:
+            k_BxSxKxH, v_BxSxKxH = self._update_cache(k_BxSxKxH, v_BxSxKxH)
+        use_dropout = not self.deterministic and cfg.attention_dropout_rate > 0
+        out_BxTxNxH = attention(
+            q_BxTxNxH,
+            k_BxSxKxH,
+            v_BxSxKxH,
+            mask=mask,
+            bias=bias,
+            scale=H**-0.5 if cfg.scale_attention else 1.0,
+            impl=cfg.attention_impl,
+            dropout_rate=cfg.attention_dropout_rate,
+            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        )
+        out_BxTxNxH = constrain(out_BxTxNxH, ("batch", "length", "heads", "head_dim"))
+        out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", axis=(-2, -1))
+        return constrain(out(out_BxTxNxH), ("batch", "length", "embed"))
+
+    def _project(self, x_BxTxD: jax.Array, heads: int, head_axis: str, name: str) -> jax.Array:
+        layer = dense(self.cfg, (heads, self.cfg.dim_per_head), ("embed", head_axis, "head_dim"), name)
+        return constrain(layer(x_BxTxD), ("batch", "length", head_axis, "head_dim"))
+
+    def _update_cache(self, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array) -> Sequence[jax.Array]:
+        """Write this chunk's keys/values at the cache index; return the whole cache.
+
+        The first (init) call only creates the cache, sized by its input length, and
+        attends over its own chunk; later calls prefill a chunk or add one token.
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        key = self.variable("cache", "cached_key", jnp.zeros, k_BxTxKxH.shape, k_BxTxKxH.dtype)
+        value = self.variable("cache", "cached_value", jnp.zeros, v_BxTxKxH.shape, v_BxTxKxH.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        if not initialized:
+            return k_BxTxKxH, v_BxTxKxH
+        start = (0, index.value, 0, 0)
+        key.value = jax.lax.dynamic_update_slice(key.value, k_BxTxKxH.astype(key.value.dtype), start)
+        value.value = jax.lax.dynamic_update_slice(
+            value.value, v_BxTxKxH.astype(value.value.dtype), start
+        )
+        index.value = index.value + k_BxTxKxH.shape[1]
+        return key.value, value.value

@@ -1,0 +1,117 @@
+"""Layers with logical axis names: dense, embeddings, norms, the MLP, output logits.
+
+Params are float32; layers compute in `cfg.dtype`; logits come out float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lm.nn.partitioning import constrain, param_init
+
+if TYPE_CHECKING:
+    from lm.models.config import ModelConfig
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2 "gelu_new", T5 v1.1
+    "relu": jax.nn.relu,  # original T5
+    "silu": jax.nn.silu,  # SwiGLU when gated
+}
+
+
+def dense(
+    cfg: ModelConfig,
+    features: int | Sequence[int],
+    names: Sequence[str | None],
+    name: str,
+    *,
+    axis: int | Sequence[int] = -1,
+    use_bias: bool | None = None,
+) -> nn.DenseGeneral:
+    """A (multi-axis) dense layer; `names` label the kernel's input then output axes."""
+    n_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features,
+        axis=axis,
+        use_bias=cfg.use_bias if use_bias is None else use_bias,
+        dtype=cfg.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=param_init(nn.initializers.normal(cfg.init_std), names),
+        bias_init=param_init(nn.initializers.zeros, names[-n_out:]),
+        name=name,
+    )
+
+
+def embed(cfg: ModelConfig, num: int, names: Sequence[str], name: str) -> nn.Embed:
+    """A lookup table num x d_model (tokens, positions, token types)."""
+    return nn.Embed(
+        num,
+        cfg.d_model,
+        dtype=cfg.dtype,
+        param_dtype=jnp.float32,
+        embedding_init=param_init(nn.initializers.normal(cfg.init_std), names),
+        name=name,
+    )
+
+
+def norm(cfg: ModelConfig, name: str) -> nn.Module:
+    """LayerNorm (GPT-2, BERT) or RMSNorm (T5: no mean subtraction, no bias)."""
+    scale_init = param_init(nn.initializers.ones, ("embed",))
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(
+            epsilon=cfg.norm_eps, dtype=cfg.dtype, scale_init=scale_init, name=name
+        )
+    return nn.LayerNorm(
+        epsilon=cfg.norm_eps,
+        dtype=cfg.dtype,
+        use_bias=cfg.use_bias,
+        scale_init=scale_init,
+        bias_init=param_init(nn.initializers.zeros, ("embed",)),
+        # E[(x - mean)^2] as PyTorch computes it; the fast E[x^2] - mean^2 loses digits.
+        use_fast_variance=False,
+        name=name,
+    )
+
+
+class Mlp(nn.Module):
+    """wo(act(wi x)), or wo(act(wi x) * wi_linear x) when gated (GeGLU / SwiGLU)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        h_BxTxF = ACTIVATIONS[cfg.activation](dense(cfg, cfg.d_ff, ("embed", "mlp"), "wi")(x_BxTxD))
+        if cfg.gated:
+            h_BxTxF = h_BxTxF * dense(cfg, cfg.d_ff, ("embed", "mlp"), "wi_linear")(x_BxTxD)
+        h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
+        return dense(cfg, cfg.d_model, ("mlp", "embed"), "wo")(h_BxTxF)
+
+
+def logits(x_BxTxD: jax.Array, table_VxD: jax.Array, dtype: str) -> jax.Array:
+    """x @ table^T in the compute dtype, accumulated and returned in float32."""
+    out_BxTxV = jnp.einsum(
+        "BTD,VD->BTV",
+        x_BxTxD.astype(dtype),
+        table_VxD.astype(dtype),
+        preferred_element_type=jnp.float32,
+    )
+    return constrain(out_BxTxV, ("batch", "length", "vocab"))
+
+
+class LMHead(nn.Module):
+    """Untied output projection: a D x V kernel, no bias."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        init = param_init(nn.initializers.normal(self.cfg.init_std), ("embed", "vocab"))
+        kernel_DxV = self.param("kernel", init, (self.cfg.d_model, self.cfg.vocab_size))
+        return logits(x_BxTxD, kernel_DxV.T, self.cfg.dtype)

@@ -1,0 +1,249 @@
+"""Checkpoints: orbax `CheckpointManager` holding the train state, data-iterator state, config.
+
+    ckpt = Checkpointer(workdir, every=1000, keep=3, best_metric="eval/loss", config=cfg)
+    if ckpt.latest_step() is not None:
+        state, data_state, extra = ckpt.restore(state)   # arrays or ShapeDtypeStructs
+    ...
+    ckpt.save(step, state, iterator.get_state(), metrics=eval_metrics)  # async, every N
+    ckpt.close()                                                        # waits for writes
+
+Saves are atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it when every
+process has finished, so a `kill -9` at any moment leaves the last completed checkpoint
+loadable (half-written tmp directories are ignored and cleaned up on the next start).
+"""
+
+import dataclasses
+import json
+import math
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers
+
+
+class ProcessJsonHandler(ocp.CheckpointHandler):
+    """Each process saves its own JSON (its data-iterator position: hosts read different rows)."""
+
+    @staticmethod
+    def _path(directory: epath.Path) -> epath.Path:
+        return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+    def save(self, directory: epath.Path, args: "ProcessJsonSave") -> None:
+        self._path(directory).write_text(json.dumps(args.item))
+
+    def restore(self, directory: epath.Path, args: "ProcessJsonRestore | None" = None) -> Any:
+        path = self._path(directory)
+        if not path.exists():
+            found = sorted(p.name for p in directory.iterdir())
+            raise ValueError(
+                f"{path} is missing: the checkpoint was written by another number of processes "
+                f"(found {found}); resume with the process count it was saved with"
+            )
+        return json.loads(path.read_text())
+
+
+@ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
+@dataclasses.dataclass
+class ProcessJsonSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(ProcessJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class ProcessJsonRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+def _key_name(key: Any) -> str:
+    """One pytree path entry as orbax names it (dict key, attribute or index)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _shapes_by_name(tree: Any) -> dict[str, tuple[int, ...]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {".".join(_key_name(k) for k in path): tuple(x.shape) for path, x in flat}
+
+
+def shape_mismatches(stored: dict[str, tuple], expected: dict[str, tuple]) -> list[str]:
+    """Lines naming each parameter path whose shape differs, or that only one side has.
+
+    Parameters are reported in preference to optimizer state (whose mismatches echo them).
+    """
+    lines = [f"{n}: checkpoint {stored[n]} vs model {expected[n]}"
+             for n in sorted(stored.keys() & expected.keys()) if stored[n] != expected[n]]
+    lines += [f"{n}: only in the checkpoint {stored[n]}" for n in sorted(stored.keys() - expected)]
+    lines += [f"{n}: only in the model {expected[n]}" for n in sorted(expected.keys() - stored)]
+    params = [line for line in lines if line.startswith("params.")]
+    return params or lines
+
+
+def abstract_like(state: Any) -> Any:
+    """ShapeDtypeStructs (keeping shardings) for a tree of arrays or abstract arrays."""
+    def to_abstract(x: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+    return jax.tree.map(to_abstract, state)
+
+
+class Checkpointer:
+    """Async, atomic checkpoints every `every` steps; keeps the last `keep` and the best.
+
+    The best is by `best_metric` of the metrics passed to `save` ('min' or 'max'); it is
+    kept even when older than the last `keep`.
+    """
+
+    def __init__(self, workdir: str, *, every: int, keep: int, best_metric: str | None = None,
+                 best_mode: str = "min", config: Mapping[str, Any] | None = None):
+        if every < 1 or keep < 1:
+            raise ValueError(f"checkpoint every={every} and keep={keep} must both be >= 1")
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode={best_mode!r} must be 'min' or 'max'")
+        self.directory = epath.Path(workdir) / "checkpoints"
+        self.every, self.best_metric = every, best_metric
+        self.config = json.loads(json.dumps(dict(config or {}), default=_jsonable))
+        policies = [checkpoint_managers.LatestN(keep)]
+        if best_metric:
+            # BestN keeps the last n after sorting ascending: descending sort keeps the minimum.
+            policies.append(checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
+                keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,  # leftovers of a save that was killed midway
+        )
+        handlers = dict(state=ocp.StandardCheckpointHandler(), data=ProcessJsonHandler(),
+                        config=ocp.JsonCheckpointHandler())  # known up front: item_metadata
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_handlers=handlers)
+
+    def latest_step(self) -> int | None:
+        """The step of the newest completed checkpoint, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: Any, metrics: Mapping[str, float] | None
+             = None, force: bool = False) -> bool:
+        """Starts an async save when `step` is a multiple of `every` (or `force`); True if so.
+
+        Returns after the device→host copy, so the caller may donate `state` right away.
+        """
+        if not force and step % self.every:
+            return False
+        if step in self._manager.all_steps():
+            return False  # e.g. the final save at a step that the periodic save already wrote
+        if metrics is not None and self.best_metric:
+            value = metrics.get(self.best_metric)
+            metrics = {self.best_metric: float(value)} if _finite(value) else None
+        else:
+            metrics = None
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ProcessJsonSave(data_state),
+            config=ocp.args.JsonSave(self.config),
+        )
+        return self._manager.save(step, args=args, metrics=metrics, force=True)
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, dict]:
+        """(state, data_state, extra) of `step` (default: latest), laid out as `abstract_state`.
+
+        `abstract_state` holds arrays or ShapeDtypeStructs whose shardings the restored arrays
+        take. `extra` holds the saved `config` and the `step`. A checkpoint of another model
+        shape raises ValueError naming the parameters that differ.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract_state = abstract_like(abstract_state)
+        self._check_shapes(step, abstract_state)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ProcessJsonRestore(),
+            config=ocp.args.JsonRestore(),
+        ))
+        return restored.state, restored.data, {"config": restored.config, "step": step}
+
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        tree = self._manager.item_metadata(step)["state"].tree
+        leaves = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape"))
+        stored = {leaf.name: tuple(leaf.shape) for leaf in leaves if hasattr(leaf, "shape")}
+        problems = shape_mismatches(stored, _shapes_by_name(abstract_state))
+        if problems:
+            shown = "\n  ".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "")
+            raise ValueError(
+                f"the checkpoint {self.directory / str(step)} holds a model of another shape "
+                f"({len(problems)} mismatched parameters):\n  {shown}\n"
+                "Use a fresh --workdir, or the model config the checkpoint was saved with."
+            )
+
+    def wait(self) -> None:
+        """Blocks until every started save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _jsonable(obj: Any) -> Any:
+    """JSON fallback for config values: ConfigDicts, tuples, numpy scalars."""
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+class Preemption:
+    """Set by SIGTERM/SIGINT; the loop saves at the current step and exits when it is set.
+
+    With several processes, JAX's own preemption service catches SIGTERM and agrees on one
+    step for every host (`should_stop`); a per-host flag would have hosts stop at different
+    steps and deadlock in the next collective.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name: str | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        # A second Ctrl-C / SIGTERM while saving kills the process the default way.
+        signal.signal(signum, signal.SIG_DFL)
+
+    def should_stop(self, step: int) -> bool:
+        """True when every process should save at `step` and exit; call it at every step."""
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+
+def install_signal_handlers() -> Preemption:
+    """Turns SIGTERM and SIGINT into `Preemption.requested` (checked by the loop each step).
+
+    Single process only: with several, JAX's preemption notifier already owns SIGTERM and
+    Ctrl-C on one host should not stop that host alone.
+    """
+    preemption = Preemption()
+    if jax.process_count() == 1:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, preemption._handle)
+    return preemption

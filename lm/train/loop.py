@@ -1,0 +1,247 @@
+"""The training loop: one readable function for every objective.
+
+    build model, tokenizer, data → sharded init → resume → iterate (train step; read the
+    previous step's metrics; eval; checkpoint) → final eval and checkpoint.
+
+The host reads each step's metrics one step late, after dispatching the next step, so it
+never waits on the device except at eval and checkpoint steps.
+"""
+
+import functools
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jax.experimental import multihost_utils
+
+from lm import data, models
+from lm.data import sources, tokenizers
+from lm.train import checkpoint, mfu, optim, sharding, step, tasks, windows
+from lm.train.metrics import MetricsWriter
+from lm.train.state import TrainState
+
+# Objectives whose batches come from somewhere other than lm.data.make_iterator.
+ITERATORS = {"random_windows": windows.make_iterator}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = False
+          ) -> dict[str, float]:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final
+    train and eval metrics, plus `best/<metric>` when `train.best_metric` is set."""
+    config = ml_collections.ConfigDict(config.to_dict())  # a copy: the tokenizer path may be set
+    t = config.train
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_cfg = models.ModelConfig(**config.model)
+    tokenizer = make_tokenizer(config.data, workdir, model_cfg.vocab_size)
+    check_vocab(tokenizer.vocab_size, model_cfg.vocab_size)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    task = tasks.get_task(config.data.objective, model_cfg)
+    model = models.build(model_cfg)
+    tx, schedule = optim.make_optimizer(t)
+
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
+    shard_index, shard_count = sharding.process_batch_shard(mesh)
+    make_iter = functools.partial(
+        ITERATORS.get(config.data.objective) or data.make_iterator, config.data, tokenizer, process_index=shard_index,
+        process_count=shard_count)
+    train_iter = make_iter(split=config.data.train_split, seed=t.seed,
+                           batch_size=local_rows(t.batch_size, shard_count, t.grad_accum_steps))
+    example = peek(train_iter)
+
+    def init_fn() -> TrainState:
+        params = tasks.init_params(task, model, jax.random.key(t.seed), example)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    state, state_shardings = sharding.init_sharded(init_fn, mesh, rules)
+    ckpt = checkpoint.Checkpointer(
+        str(workdir), every=t.checkpoint_every, keep=t.keep_checkpoints,
+        best_metric=t.best_metric or None, best_mode=t.best_mode, config=config.to_dict())
+    if ckpt.latest_step() is not None:
+        state, data_state, _ = ckpt.restore(state)
+        train_iter.set_state(data_state)
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    train_step = jax.jit(
+        functools.partial(step.train_step, model=model, task=task, tx=tx, schedule=schedule,
+                          accum_steps=t.grad_accum_steps, dropout_seed=t.seed),
+        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+        donate_argnums=0)
+    eval_step = jax.jit(functools.partial(step.eval_step, model=model, task=task),
+                        in_shardings=(state_shardings.params, batch_sharding))
+
+    def evaluate(params) -> dict[str, float]:
+        eval_rows = t.eval_batch_size or t.batch_size
+        batches = eval_batches(make_iter, config.data.eval_split, t.eval_steps, seed=t.seed,
+                               batch_size=local_rows(eval_rows, shard_count))
+        sums = None
+        for batch in batches:
+            out = eval_step(params, sharding.host_batch_to_global(batch, mesh))
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        if sums is None:
+            raise ValueError(f"the eval split {config.data.eval_split!r} yielded no batches")
+        return {f"eval/{k}": float(v) for k, v in tasks.summarize(task, jax.device_get(sums)).items()}
+
+    flops_per_token = mfu.flops_per_token(
+        mfu.matmul_params(state.params, tie_embeddings=model_cfg.tie_embeddings),
+        num_layers=model_cfg.num_layers + (model_cfg.decoder_layers if model_cfg.family == "t5"
+                                           else 0),
+        attn_width=model_cfg.num_heads * model_cfg.dim_per_head, seq_len=example["inputs"].shape[1])
+    peak = mfu.peak_flops(jax.devices()[0], model_cfg.dtype)
+    tokens_per_step = t.batch_size * example["inputs"].shape[1]
+
+    start = int(jax.device_get(state.step))
+    writer = MetricsWriter(workdir, total_steps=t.steps, initial_step=start, quiet=quiet,
+                           enabled=jax.process_index() == 0)
+    preemption = checkpoint.install_signal_handlers()
+    meter = Throughput()
+    last: dict[str, float] = {}
+    best: dict[str, float] = {}
+    pending = None  # (step, device metrics) not yet read by the host
+
+    def read(pending) -> None:
+        """Fetch a finished step's metrics; stop on non-finite values; log every log_every."""
+        s, device_metrics = pending
+        values = {f"train/{k}": float(v) for k, v in jax.device_get(device_metrics).items()}
+        check_finite(s, values, ckpt)
+        meter.tick()
+        if s % t.log_every == 0 or s == t.steps:
+            steps_per_s = meter.rate()
+            if steps_per_s:
+                values["train/steps_per_s"] = steps_per_s
+                values["train/tokens_per_s"] = steps_per_s * tokens_per_step
+                if peak:
+                    values["train/mfu"] = (values["train/tokens_per_s"] * flops_per_token
+                                           / (peak * jax.device_count()))
+            writer.write(s, values)
+        last.update(values)
+
+    with sharding.use_mesh(mesh, rules):
+        if t.eval_at_start and start == 0:
+            writer.write(0, evaluate(state.params))
+        for s in range(start + 1, t.steps + 1):
+            batch = sharding.host_batch_to_global(next(train_iter), mesh)
+            state, metrics = train_step(state, batch)
+            if pending:
+                read(pending)
+            pending = (s, metrics)
+            writer.advance(s)
+            stop = preemption.should_stop(s) or s == t.steps
+            is_eval = (t.eval_every and s % t.eval_every == 0) or s == t.steps
+            if is_eval or stop or s % t.checkpoint_every == 0:
+                read(pending)  # never checkpoint a state whose loss was not checked
+                pending = None
+                eval_metrics = evaluate(state.params) if is_eval else None
+                if eval_metrics:
+                    writer.write(s, eval_metrics)
+                    last.update(eval_metrics)
+                    update_best(best, eval_metrics, t.best_metric, t.best_mode)
+                ckpt.save(s, state, train_iter.get_state(), metrics=eval_metrics, force=stop)
+                meter.reset()
+            if stop:
+                break
+    ckpt.close()
+    writer.close()
+    return {"step": float(jax.device_get(state.step)), **last, **best}
+
+
+def make_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: pathlib.Path, vocab_size: int
+                   ) -> data.Tokenizer:
+    """The data config's tokenizer. A sentencepiece one without a path is trained on the train
+    split into `workdir/tokenizer.model` with the model's vocab_size (once: a resumed run
+    reuses it), and `data_cfg.tokenizer.path` is set to it, in place."""
+    tok_cfg = data_cfg.tokenizer
+    if tok_cfg.kind == "sentencepiece" and not tok_cfg.path:
+        prefix = workdir / "tokenizer"
+        if jax.process_index() == 0 and not prefix.with_suffix(".model").exists():
+            docs = sources.text_source(data_cfg, data_cfg.train_split)
+            tokenizers.train_sentencepiece(tokenizers.lines(docs), str(prefix),
+                                           vocab_size=vocab_size)
+        multihost_utils.sync_global_devices("tokenizer trained")
+        tok_cfg.path = str(prefix.with_suffix(".model"))
+    return data.make_tokenizer(data_cfg)
+
+
+def check_vocab(tokenizer_vocab: int, model_vocab: int) -> None:
+    if tokenizer_vocab > model_vocab:
+        raise ValueError(
+            f"the tokenizer has {tokenizer_vocab} ids but model.vocab_size={model_vocab}: set "
+            f"--config.model.vocab_size={tokenizer_vocab} (or larger) or use a smaller vocabulary")
+
+
+def local_rows(global_rows: int, shard_count: int, multiple: int = 1) -> int:
+    """This process's rows of a global batch; each process's micro-batches must be equal."""
+    if global_rows % (shard_count * multiple):
+        raise ValueError(
+            f"batch_size={global_rows} must be a multiple of {shard_count} batch shards × "
+            f"{multiple} micro-batches (grad_accum_steps)")
+    return global_rows // shard_count
+
+
+def peek(iterator) -> dict[str, np.ndarray]:
+    """The next batch, without consuming it (shapes for init)."""
+    saved = iterator.get_state()
+    batch = next(iterator)
+    iterator.set_state(saved)
+    return batch
+
+
+def eval_batches(make_iter, split: str, num_steps: int, *, seed: int, batch_size: int):
+    """`num_steps` batches of random rows (the same each eval), or the whole split once (-1)."""
+    whole = num_steps < 0
+    iterator = make_iter(split=split, batch_size=batch_size, seed=seed + 1, shuffle=not whole,
+                         num_epochs=1 if whole else None)
+    for i, batch in enumerate(iterator):
+        if not whole and i >= num_steps:
+            return
+        yield batch
+
+
+def check_finite(s: int, values: dict[str, float], ckpt: checkpoint.Checkpointer) -> None:
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+        ckpt.wait()  # let a save that is in flight finish: it holds the last good state
+        raise FloatingPointError(
+            f"non-finite training metrics at step {s}: {bad}. The last good checkpoint is "
+            f"step {ckpt.latest_step()} in {ckpt.directory} (lower train.lr or raise "
+            "train.warmup_steps, then rerun to resume from it)")
+
+
+def update_best(best: dict, metrics: dict, name: str, mode: str) -> None:
+    if not name or name not in metrics:
+        return
+    key, value = f"best/{name}", metrics[name]
+    if key not in best or (value < best[key] if mode == "min" else value > best[key]):
+        best[key] = value
+
+
+class Throughput:
+    """Steps/s between host reads; a window starts at the first read after a pause (compile,
+    eval, checkpoint), so those pauses never count."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._start, self._count = None, 0
+
+    def tick(self) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+        else:
+            self._count += 1
+
+    def rate(self) -> float | None:
+        """Steps/s since the window started (None if too few steps), and start a new one."""
+        if not self._count:
+            return None
+        now = time.perf_counter()
+        rate = self._count / max(now - self._start, 1e-9)
+        self._start, self._count = now, 0
+        return rate

@@ -1,0 +1,74 @@
+"""Where metrics go: metrics.jsonl, TensorBoard event files and a console progress bar."""
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import tensorboardX
+import tqdm
+
+
+class MetricsWriter:
+    """Writes `{step, train/..., eval/...}` records; only the lead process (index 0) writes.
+
+    `quiet` replaces the progress bar by one plain line per record (for logs of batch jobs).
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, *, total_steps: int, initial_step: int = 0,
+                 quiet: bool = False, enabled: bool = True):
+        self.enabled, self.quiet = enabled, quiet
+        if not enabled:
+            return
+        workdir = pathlib.Path(workdir)
+        self._jsonl = open(workdir / "metrics.jsonl", "a")
+        self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+        self._bar = None if quiet else tqdm.tqdm(
+            total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
+        )
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        # JSON has no NaN/Inf: write them as null so that every line parses.
+        self._jsonl.write(json.dumps({k: _json_number(v) for k, v in record.items()}) + "\n")
+        self._jsonl.flush()
+        for k, v in metrics.items():
+            self._tb.add_scalar(k, float(v), int(step))
+        self._show(step, record)
+
+    def advance(self, step: int) -> None:
+        """Move the progress bar to `step` (called every step; cheap)."""
+        if self.enabled and self._bar is not None:
+            self._bar.update(step - self._bar.n)
+
+    def _show(self, step: int, record: dict[str, float]) -> None:
+        short = {k.split("/", 1)[-1] if k.startswith("train/") else k: v
+                 for k, v in record.items() if k in _SHOWN or k.startswith("eval/")}
+        text = " ".join(f"{k}={_fmt(v)}" for k, v in short.items())
+        if self._bar is None:
+            print(f"step {step}: {text}", flush=True)
+        elif any(k.startswith("eval/") for k in record):
+            self._bar.write(f"step {step}: {text}")
+        else:
+            self._bar.set_postfix_str(text, refresh=False)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        self._tb.close()
+        self._jsonl.close()
+
+
+_SHOWN = ("train/loss", "train/tokens_per_s")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+
+
+def _json_number(v):
+    return v if not isinstance(v, float) or math.isfinite(v) else None

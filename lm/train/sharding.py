@@ -1,0 +1,186 @@
+"""The device mesh, the logical→mesh rule table, sharded init and global batches.
+
+The mesh has three named axes: `data` (replicas, each with a slice of the batch), `fsdp`
+(also a slice of the batch, and params/optimizer state split along `embed`) and `tensor`
+(Megatron-style: MLP hidden units, heads and the vocabulary split across devices). Model code
+names only logical axes (CONTRACT.md); `logical_rules` maps them onto this mesh, so pure data
+parallel (only `data` > 1), FSDP and tensor parallel differ in the mesh shape alone.
+
+Typical use (the train loop):
+
+    mesh = make_mesh(config.mesh); rules = logical_rules(config.mesh)
+    with use_mesh(mesh, rules):
+        state, state_shardings = init_sharded(init_fn, mesh, rules)
+        batch = host_batch_to_global(numpy_batch, mesh)
+        state, metrics = train_step_jitted(state, batch)
+"""
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax.experimental import mesh_utils
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over every replica-like axis
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+# Priority-ordered (flax picks the first rule whose mesh axes are still free in an array):
+# so a parameter's `embed` dim goes to fsdp, while an activation whose `batch` already took
+# fsdp falls through to the second `embed` rule and stays replicated.
+DEFAULT_RULES: Rules = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("embed", None),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("length", None),
+    ("head_dim", None),
+    ("layers", None),
+    ("position", None),
+    ("type_vocab", None),
+    ("classes", None),
+    ("rel_buckets", None),
+)
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Resolves (data, fsdp, tensor) sizes; one of them may be -1 = the remaining devices."""
+    unknown = set(mesh_cfg) - set(MESH_AXES) - {"rules"}
+    if unknown:
+        raise ValueError(f"mesh config has unknown axes {sorted(unknown)}; axes are {MESH_AXES}")
+    sizes = [int(mesh_cfg.get(axis, 1)) for axis in MESH_AXES]
+    named = dict(zip(MESH_AXES, sizes, strict=True))
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh {named}: sizes must be positive, with at most one -1 (the rest)")
+    known = math.prod(s for s in sizes if s != -1)
+    if num_devices % known:
+        raise ValueError(
+            f"mesh {named} needs a multiple of {known} devices, but there are {num_devices}: "
+            f"choose sizes whose product divides {num_devices}"
+        )
+    sizes = [num_devices // known if s == -1 else s for s in sizes]
+    if math.prod(sizes) != num_devices:
+        raise ValueError(
+            f"mesh {named} uses {math.prod(sizes)} of the {num_devices} devices: make the "
+            f"product of data×fsdp×tensor equal {num_devices}, or set one axis to -1"
+        )
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices (or `devices`), -1 = the rest."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(mesh_cfg, len(devices))
+    # create_device_mesh orders devices so that the inner axes (tensor, fsdp) sit on the
+    # fastest interconnect (within a host / a TPU torus row).
+    device_grid = mesh_utils.create_device_mesh(shape, devices)
+    return Mesh(device_grid, MESH_AXES)
+
+
+def logical_rules(mesh_cfg: Mapping[str, Any] | None = None) -> Rules:
+    """Logical axis name → mesh axes; `mesh_cfg.rules` (list of pairs) replaces the default."""
+    custom = (mesh_cfg or {}).get("rules")
+    if not custom:
+        return DEFAULT_RULES
+    rules = tuple((str(name), tuple(axes) if isinstance(axes, list) else axes)
+                  for name, axes in custom)
+    for name, axes in rules:
+        used = (axes,) if isinstance(axes, str) else (axes or ())
+        if set(used) - set(MESH_AXES):
+            raise ValueError(f"rule {name!r} → {axes!r} names an axis outside {MESH_AXES}")
+    return rules
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """Makes the model's logical constraints active; trace (first call) jitted steps inside.
+
+    On one device there is nothing to constrain, so it does nothing.
+    """
+    if mesh.devices.size == 1:
+        yield
+        return
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """Replicates the dims that the mesh axes do not divide (e.g. vocab 65 over tensor=2)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        names = (axes,) if isinstance(axes, str) else (axes or ())
+        fitted.append(axes if dim % math.prod(mesh.shape[a] for a in names) == 0 else None)
+    return PartitionSpec(*fitted)
+
+
+def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for a (possibly `nn.Partitioned`-boxed) tree of abstract arrays.
+
+    The result has the structure of the unboxed tree; leaves without logical names are
+    replicated.
+    """
+    specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules)
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    leaves = jax.tree.map(lambda x: x.value if is_box(x) else x, abstract_tree, is_leaf=is_box)
+    is_spec = lambda x: isinstance(x, PartitionSpec)
+    return jax.tree.map(lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)),
+                        specs, leaves, is_leaf=is_spec)
+
+
+def init_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules: Rules) -> tuple[Any, Any]:
+    """Runs `init_fn` with every output born sharded; returns (state, state_shardings).
+
+    `init_fn` takes no arguments (close over the rng) and may return `nn.Partitioned` boxes
+    (params from `nn.with_logical_partitioning`, and an optimizer state built from those
+    boxed params inherits their names); the state comes back unboxed. Nothing is ever
+    materialised whole on one device.
+    """
+    # No rules while tracing init: flax's DenseGeneral unboxes its kernel while still flat
+    # (before the reshape to D×N×H), so a constraint there would meet the wrong rank. The
+    # out_shardings place every output anyway.
+    with nn.logical_axis_rules(()):
+        abstract = jax.eval_shape(init_fn)
+        shardings = tree_shardings(abstract, mesh, rules)
+        state = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
+    return state, shardings
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dim split over data×fsdp, replicated over tensor; any rank."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def process_batch_shard(mesh: Mesh) -> tuple[int, int]:
+    """(index, count): this process loads slice `index` of `count` equal slices of the batch.
+
+    Processes whose devices differ only along `tensor` hold the same rows, so `count` is the
+    number of distinct batch slices across processes, not the process count. Give these to
+    the data pipeline as (process_index, process_count).
+    """
+    num_shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((num_shards,))
+    shard_ids = sorted({idx[0].start or 0 for idx in index_map.values()})
+    if shard_ids != list(range(shard_ids[0], shard_ids[0] + len(shard_ids))):
+        raise ValueError(f"this process's devices hold non-contiguous batch slices {shard_ids}")
+    return shard_ids[0] // len(shard_ids), num_shards // len(shard_ids)
+
+
+def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles each process's rows (its `process_batch_shard` slice) into global arrays."""
+    sharding = batch_sharding(mesh)
+    _, count = process_batch_shard(mesh)
+
+    def to_global(x: np.ndarray) -> jax.Array:
+        global_shape = (x.shape[0] * count, *x.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+    return {k: to_global(np.asarray(v)) for k, v in batch.items()}

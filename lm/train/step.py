@@ -1,0 +1,84 @@
+"""Pure, module-level train and eval steps (bound with functools.partial, jitted by the loop).
+
+Gradient accumulation: the global batch of B rows is split into k micro-batches; each one's
+gradient is of Σ(weight·loss)/W where W is the weight of the WHOLE batch, so the summed
+gradients equal the gradient of the whole batch's mean loss exactly, however the real
+(unpadded) tokens are spread over the micro-batches.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from lm.train import losses, tasks
+from lm.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def split_micro_batches(batch: Batch, k: int) -> Batch:
+    """Leaves B×... → k×(B/k)×...; micro-batch i holds rows i, i+k, i+2k, ...
+
+    Strided rather than contiguous so that each micro-batch spans every data shard (rows are
+    sharded contiguously over devices) and no device idles while another works.
+    """
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into {k} micro-batches")
+        return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def _micro_step(params, micro: Batch, rng, totals, *, model, task):
+    """(gradient of this micro-batch's share of the whole-batch loss, its metric sums)."""
+    def loss_fn(p):
+        outputs = tasks.forward(task, model, p, micro, deterministic=False, rngs={"dropout": rng})
+        sums = tasks.metric_sums(task, outputs, micro)
+        return tasks.total_loss(task, sums, totals), sums
+
+    grads, sums = jax.grad(loss_fn, has_aux=True)(params)
+    return grads, sums
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    model: nn.Module,
+    task: tasks.Task,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    accum_steps: int = 1,
+    dropout_seed: int = 0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update from one global batch; metrics are device scalars."""
+    totals = tasks.term_weights(task, batch)
+    micro = split_micro_batches(batch, accum_steps)
+    rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+    grad_fn = lambda i, mb: _micro_step(
+        state.params, mb, jax.random.fold_in(rng, i), totals, model=model, task=task
+    )
+    carry = grad_fn(0, jax.tree.map(lambda x: x[0], micro))
+    if accum_steps > 1:
+        rest = (jnp.arange(1, accum_steps), jax.tree.map(lambda x: x[1:], micro))
+        carry, _ = jax.lax.scan(lambda c, xs: (jax.tree.map(jnp.add, c, grad_fn(*xs)), None),
+                                carry, rest)
+    grads, sums = carry
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+    )
+    metrics = tasks.summarize(task, sums)
+    metrics.update(grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    return new_state, metrics
+
+
+def eval_step(params: Any, batch: Batch, *, model: nn.Module, task: tasks.Task
+              ) -> dict[str, losses.Sum]:
+    """Metric sums of one eval batch (padding rows weigh 0); add them up, then summarize."""
+    outputs = tasks.forward(task, model, params, batch, deterministic=True)
+    return tasks.metric_sums(task, outputs, batch)

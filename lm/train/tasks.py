@@ -1,0 +1,153 @@
+"""Per data objective: how a batch feeds the model and which losses and metrics come out.
+
+A task is data, not code paths: which batch keys feed the model, and loss terms. Each term names the
+model output it scores, the batch key with its labels, and its per-item weights. The loss is
+the sum over terms of (Σ weight·loss) / (Σ weight over the WHOLE batch), which is what makes
+gradient accumulation exact (step.py).
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lm.train import losses
+
+Batch = dict[str, jax.Array]
+# batch -> (positional args, keyword args) of model.apply / model.init after the variables
+ModelInputs = Callable[[Batch], tuple[tuple, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    name: str  # metric prefix: '' gives `loss`/`accuracy`, 'mlm' gives `mlm_loss`/`mlm_accuracy`
+    logits: Callable[[Any], jax.Array]  # model outputs -> scores
+    labels: str  # batch key
+    weights: Callable[[Batch], jax.Array]  # batch -> per-item weights (0 = padding)
+    loss: Callable[..., dict[str, losses.Sum]] = losses.cross_entropy
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    inputs: ModelInputs
+    terms: tuple[Term, ...]
+    perplexity: bool = False  # report exp(loss) (token-level LM objectives)
+
+
+def forward(task: Task, model: nn.Module, params: Any, batch: Batch, *, deterministic: bool,
+            rngs: dict | None = None) -> Any:
+    args, kwargs = task.inputs(batch)
+    return model.apply({"params": params}, *args, **kwargs, deterministic=deterministic, rngs=rngs)
+
+
+def init_params(task: Task, model: nn.Module, rng: jax.Array, batch: Batch) -> Any:
+    """Freshly initialised params (nn.Partitioned-boxed) for inputs shaped like `batch`."""
+    args, kwargs = task.inputs(batch)
+    return model.init({"params": rng}, *args, **kwargs, deterministic=True)["params"]
+
+
+# --- model inputs (argument names follow CONTRACT.md's call signatures) ---
+
+def _gpt_inputs(batch):
+    return (batch["inputs"],), dict(
+        segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
+
+
+def _bert_inputs(batch):
+    return (batch["inputs"],), dict(
+        token_type_ids=batch.get("token_type_ids"), input_mask=batch["input_mask"])
+
+
+def _t5_inputs(batch):
+    return (batch["inputs"], batch["decoder_inputs"]), dict(
+        encoder_mask=batch["input_mask"], decoder_mask=_decoder_mask(batch))
+
+
+def _decoder_mask(batch: Batch) -> jax.Array:
+    # Decoder input t is target t-1 shifted right (t=0 is the start token), so it is real
+    # exactly when target t is: every target of span corruption is scored.
+    return (batch["weights"] > 0).astype(jnp.int32)
+
+
+# --- weights ---
+
+def _token_weights(batch: Batch) -> jax.Array:
+    return batch["weights"]
+
+
+def _real_rows(batch: Batch) -> jax.Array:
+    # [CLS] is always real, so an all-zero padding row (eval) has input_mask[:, 0] == 0.
+    return batch["input_mask"][:, 0].astype(jnp.float32)
+
+
+def _example_weights(batch: Batch) -> jax.Array:
+    return batch["example_weights"]
+
+
+def _squared_error_1d(preds_Bx1, labels_B, weights_B):
+    return losses.squared_error(preds_Bx1[:, 0], labels_B, weights_B)
+
+
+_LM = Term("", lambda out: out, "targets", _token_weights)
+_MLM = Term("mlm", lambda out: out["mlm_logits"], "targets", _token_weights)
+_NSP = Term("nsp", lambda out: out["nsp_logits"], "nsp_labels", _real_rows)
+_CLASSES = Term("", lambda out: out["logits"], "labels", _example_weights)
+_REGRESSION = dataclasses.replace(_CLASSES, loss=_squared_error_1d)
+
+# Keyed by `config.data.objective`. Classification scores with MSE when the model has a
+# single output (num_labels == 1: regression, e.g. STS-B).
+TASKS: dict[str, Callable[[Any], Task]] = {
+    "causal": lambda model_cfg: Task(_gpt_inputs, (_LM,), perplexity=True),
+    "random_windows": lambda model_cfg: Task(_gpt_inputs, (_LM,), perplexity=True),  # nanoGPT
+    "mlm": lambda model_cfg: Task(_bert_inputs, (_MLM,)),
+    "mlm_nsp": lambda model_cfg: Task(_bert_inputs, (_MLM, _NSP)),
+    "span_corruption": lambda model_cfg: Task(_t5_inputs, (_LM,), perplexity=True),
+    "classification": lambda model_cfg: Task(
+        _bert_inputs, (_REGRESSION if model_cfg.num_labels == 1 else _CLASSES,)
+    ),
+}
+
+
+def get_task(objective: str, model_cfg: Any) -> Task:
+    if objective not in TASKS:
+        raise ValueError(f"no training task for data.objective={objective!r}; known: {sorted(TASKS)}")
+    return TASKS[objective](model_cfg)
+
+
+def _prefixed(term: Term, metric: str) -> str:
+    return f"{term.name}_{metric}" if term.name else metric
+
+
+def loss_key(term: Term) -> str:
+    return _prefixed(term, "loss")
+
+
+def term_weights(task: Task, batch: Batch) -> dict[str, jax.Array]:
+    """Σ weight of each term's loss over `batch` (the normaliser of that term)."""
+    return {loss_key(t): jnp.sum(t.weights(batch).astype(jnp.float32)) for t in task.terms}
+
+
+def metric_sums(task: Task, outputs: Any, batch: Batch) -> dict[str, losses.Sum]:
+    """`{metric: (sum, weight)}` of every term, e.g. mlm_loss, mlm_accuracy, nsp_loss, ..."""
+    sums = {}
+    for t in task.terms:
+        for metric, s in t.loss(t.logits(outputs), batch[t.labels], t.weights(batch)).items():
+            sums[_prefixed(t, metric)] = s
+    return sums
+
+
+def total_loss(task: Task, sums: dict[str, losses.Sum], totals: dict[str, jax.Array]) -> jax.Array:
+    """Σ over terms of loss-sum / whole-batch weight (`totals` from term_weights)."""
+    return sum(sums[k][0] / jnp.maximum(totals[k], 1e-9) for k in map(loss_key, task.terms))
+
+
+def summarize(task: Task, sums: dict[str, losses.Sum]) -> dict[str, jax.Array]:
+    """Final metrics from accumulated sums: each mean, the total `loss`, and `perplexity`."""
+    means = losses.finalize(sums)
+    means["loss"] = sum(means[loss_key(t)] for t in task.terms)
+    if task.perplexity:
+        means["perplexity"] = jnp.exp(means["loss"])
+    return means

@@ -1,0 +1,86 @@
+"""nanoGPT's sampling for char-level LM: random windows of T+1 tokens from one token stream.
+
+nanoGPT does not pack documents into rows: every batch row starts at a uniformly random
+offset of the concatenated split (`torch.randint(len(data) - block_size, ...)`). This is
+that sampler, as data objective 'random_windows' with the input pipeline's interface
+(`make_iterator(...)` → numpy causal batches, get_state/set_state). Batch i is a pure
+function of (seed, process, i), so its state is just i. With `num_epochs=1` (exact eval)
+it yields consecutive non-overlapping windows covering the split once, the last batch
+padded with rows of weight 0.
+"""
+
+import functools
+import json
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from lm.data import sources
+
+
+@functools.lru_cache(maxsize=8)
+def _token_stream(data_cfg_json: str, tokenizer: Any, split: str) -> np.ndarray:
+    cfg = ml_collections.ConfigDict(json.loads(data_cfg_json))  # (a ConfigDict is unhashable)
+    docs = sources.text_source(cfg, split)
+    joiner = [tokenizer.eos_id] if cfg.causal.add_eos else []
+    ids: list[int] = []
+    for i in range(len(docs)):
+        ids += (joiner if i else []) + tokenizer.encode(docs[i])
+    return np.asarray(ids, np.int32)
+
+
+class RandomWindows:
+    """Iterator of {inputs, targets, weights} batches; see the module docstring."""
+
+    def __init__(self, tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
+                 process_index: int, process_count: int, shuffle: bool, num_epochs: int | None):
+        if len(tokens) <= seq_len:
+            raise ValueError(f"the split has {len(tokens)} tokens: too few for windows of "
+                             f"seq_len+1={seq_len + 1}")
+        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self.seed, self.process_index, self.process_count = seed, process_index, process_count
+        self.random, self.once = shuffle or num_epochs is None, num_epochs == 1
+        self.index = 0
+
+    def __iter__(self):
+        return self
+
+    def _starts(self) -> np.ndarray:
+        """Window offsets of this process's rows of batch `self.index`."""
+        if self.random and not self.once:
+            rng = np.random.default_rng([self.seed, self.process_index, self.index])
+            return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+        global_rows = np.arange(self.batch_size * self.process_count) + (
+            self.index * self.batch_size * self.process_count)
+        rows = global_rows.reshape(self.process_count, -1)[self.process_index]
+        return rows * self.seq_len
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        first_start = self.index * self.batch_size * self.process_count * self.seq_len
+        if self.once and first_start + self.seq_len >= len(self.tokens):
+            raise StopIteration  # decided on global rows: every process stops at the same batch
+        starts = self._starts()
+        real = starts + self.seq_len < len(self.tokens)  # a full window and its next token
+        starts = np.where(real, starts, 0)
+        idx = starts[:, None] + np.arange(self.seq_len + 1)
+        window = self.tokens[idx]
+        self.index += 1
+        return dict(inputs=window[:, :-1], targets=window[:, 1:],
+                    weights=np.repeat(real[:, None], self.seq_len, 1).astype(np.float32))
+
+    def get_state(self) -> dict[str, int]:
+        return {"index": self.index}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.index = int(state["index"])
+
+
+def make_iterator(data_cfg, tokenizer, *, split: str, batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+                  num_epochs: int | None = None) -> RandomWindows:
+    """Same signature as lm.data.make_iterator (CONTRACT.md)."""
+    tokens = _token_stream(data_cfg.to_json(), tokenizer, split)
+    return RandomWindows(tokens, seq_len=data_cfg.seq_len, batch_size=batch_size, seed=seed,
+                         process_index=process_index, process_count=process_count,
+                         shuffle=shuffle, num_epochs=num_epochs)

@@ -1,0 +1,317 @@
+"""GPT, BERT, T5 on tiny configs: shapes, causality, padding, code-path equivalence."""
+
+import dataclasses
+
+import flax.linen as nn
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from lm.models import ModelConfig, build, model_config
+from lm.nn.transformer import stack_layers
+
+V, B, T = 97, 2, 8
+
+
+def tiny(family, **overrides):
+    return model_config(family, "tiny", vocab_size=V, **overrides)
+
+
+def tokens(seed=0, shape=(B, T)):
+    return jax.random.randint(jax.random.key(seed), shape, 1, V)
+
+
+def inputs(cfg, seed=0):
+    toks = tokens(seed)
+    return (toks, tokens(seed + 1, (B, T - 2))) if cfg.family == "t5" else (toks,)
+
+
+def init(cfg, seed=0):
+    return nn.unbox(build(cfg).init(jax.random.key(seed), *inputs(cfg)))["params"]
+
+
+def apply(cfg, params, *args, **kwargs):
+    return build(cfg).apply({"params": params}, *args, **kwargs)
+
+
+def num_params(cfg):
+    shapes = jax.eval_shape(lambda: init(cfg))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(d_model=64, num_heads=6), "num_heads=6 does not divide d_model=64"),
+        (dict(num_kv_heads=3), "num_kv_heads=3 does not divide num_heads=4"),
+        (dict(position="alibi"), "position='alibi' is not one of"),
+        (dict(norm="batchnorm"), "norm='batchnorm' is not one of"),
+        (dict(activation="tanh"), "activation='tanh' is not one of"),
+        (dict(remat_policy="some"), "remat_policy='some' is not one of"),
+        (dict(position="relative"), "only implemented for family='t5'"),
+    ],
+)
+def test_bad_config_raises_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny("gpt", **overrides)
+
+
+def test_bad_family_size_or_field():
+    with pytest.raises(ValueError, match="family='llama' is not one of"):
+        model_config("llama", "tiny")
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        model_config("gpt", "huge")
+    with pytest.raises(ValueError, match=r"unknown ModelConfig fields \['d_modle'\]"):
+        model_config("gpt", "tiny", d_modle=3)
+    with pytest.raises(ValueError, match="heads has"):
+        model_config("bert", "tiny", heads=("mlm", "sop"))
+
+
+def test_config_round_trips_through_a_flat_dict():
+    cfg = tiny("bert")
+    d = dataclasses.asdict(cfg)
+    d["heads"] = list(d["heads"])  # as it comes back from a ConfigDict / JSON
+    assert ModelConfig(**d) == cfg
+
+
+def test_gpt2_base_has_124m_params():
+    assert num_params(model_config("gpt", "base")) == 124_439_808
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize(
+    "family,overrides",
+    [
+        ("gpt", {}),
+        ("gpt", dict(tie_embeddings=False, position="rope", num_kv_heads=2, gated=True,
+                     activation="silu", norm="rmsnorm", use_bias=False)),
+        ("t5", {}),
+        ("t5", dict(tie_embeddings=False, gated=True, activation="gelu_tanh",
+                    num_decoder_layers=3)),
+    ],
+)
+def test_lm_shapes_and_finite(family, overrides):
+    cfg = tiny(family, **overrides)
+    params = init(cfg)
+    out = apply(cfg, params, *inputs(cfg))
+    assert out.shape == (B, inputs(cfg)[-1].shape[1], V) and out.dtype == jnp.float32
+    assert np.isfinite(out).all()
+    assert ("lm_head" in params) == (not cfg.tie_embeddings)
+
+
+@pytest.mark.parametrize("num_labels", [3, 1])
+def test_bert_shapes_and_finite(num_labels):
+    cfg = tiny("bert", num_labels=num_labels)
+    out = apply(cfg, init(cfg), tokens(), token_type_ids=jnp.ones((B, T), jnp.int32))
+    want = dict(hidden=(B, T, 64), pooled=(B, 64), mlm_logits=(B, T, V), nsp_logits=(B, 2),
+                logits=(B, num_labels))
+    assert {k: v.shape for k, v in out.items()} == want
+    assert all(np.isfinite(v).all() for v in out.values())
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    cfg = tiny("gpt", dtype="bfloat16")
+    params = init(cfg)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+    out = apply(cfg, params, tokens())
+    assert out.dtype == jnp.float32 and np.isfinite(out).all()
+
+
+def test_dropout_is_random_in_training_and_off_in_eval():
+    cfg = tiny("bert", num_labels=2, dropout_rate=0.5)
+    params = init(cfg)
+    train = [apply(cfg, params, tokens(), deterministic=False, rngs={"dropout": jax.random.key(i)})
+             for i in range(2)]
+    assert not np.allclose(train[0]["hidden"], train[1]["hidden"])
+    np.testing.assert_array_equal(apply(cfg, params, tokens())["hidden"],
+                                  apply(cfg, params, tokens())["hidden"])
+
+
+# ----------------------------------------------------------------------------- causality
+
+
+def jacobian_wrt_decoder_embeddings(cfg, params, toks, call):
+    """d(output at t) / d(decoder input embedding at s): (T, T) norms.
+
+    A perturbation is added to the token embedding lookup of the decoder tokens (found by
+    their length) through a method interceptor, so the model code stays untouched.
+    """
+    n = toks.shape[1]
+    w_V = jax.random.normal(jax.random.key(9), (V,))
+
+    def f(delta_TxD):
+        def add_delta(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            is_decoder_lookup = (context.module.name == "token_embed"
+                                 and context.method_name == "__call__" and out.shape[1] == n)
+            return out + delta_TxD if is_decoder_lookup else out
+
+        with nn.intercept_methods(add_delta):
+            return call(params) @ w_V  # (T,)
+
+    jac_TxTxD = jax.jacrev(f)(jnp.zeros((n, cfg.d_model)))
+    return np.abs(np.asarray(jac_TxTxD)).sum(-1)
+
+
+@pytest.mark.parametrize("family", ["gpt", "t5"])
+def test_output_at_t_ignores_inputs_after_t(family):
+    cfg = tiny(family, position="rope") if family == "gpt" else tiny(family)
+    params = init(cfg)
+    enc, dec = tokens(0, (1, 6)), tokens(1, (1, 5))
+    if family == "gpt":
+        call = lambda p: apply(cfg, p, dec)[0]
+    else:
+        call = lambda p: apply(cfg, p, enc, dec)[0]
+    jac = jacobian_wrt_decoder_embeddings(cfg, params, dec, call)
+    assert np.all(jac[np.triu_indices(5, k=1)] == 0.0)  # exactly zero above the diagonal
+    assert np.all(jac[np.tril_indices(5)] > 0.0)
+
+
+# ----------------------------------------------------------------------------- padding
+
+
+def test_bert_padding_does_not_leak():
+    cfg = tiny("bert", num_labels=2)
+    params = init(cfg)
+    mask = jnp.array([[1] * T, [1] * 5 + [0] * 3])
+    a, b = tokens(0), tokens(0).at[1, 5:].set(tokens(1)[1, 5:])
+    out_a = apply(cfg, params, a, input_mask=mask)
+    out_b = apply(cfg, params, b, input_mask=mask)
+    for key in ("pooled", "nsp_logits", "logits"):
+        np.testing.assert_allclose(out_a[key], out_b[key], atol=1e-6)
+    for key in ("hidden", "mlm_logits"):
+        np.testing.assert_allclose(out_a[key][:, :5], out_b[key][:, :5], atol=1e-6)
+    assert not np.allclose(out_a["hidden"][1, 5:], out_b["hidden"][1, 5:])
+
+
+def test_t5_encoder_padding_does_not_leak():
+    cfg = tiny("t5")
+    params = init(cfg)
+    enc_mask = jnp.array([[1] * T, [1] * 4 + [0] * 4])
+    enc_a = tokens(0)
+    enc_b = enc_a.at[1, 4:].set(tokens(1)[1, 4:])
+    dec = tokens(2, (B, 5))
+    out_a = apply(cfg, params, enc_a, dec, encoder_mask=enc_mask)
+    out_b = apply(cfg, params, enc_b, dec, encoder_mask=enc_mask)
+    np.testing.assert_allclose(out_a, out_b, atol=1e-6)
+    enc = lambda t: apply(cfg, params, t, enc_mask, method="encode")
+    np.testing.assert_allclose(enc(enc_a)[1, :4], enc(enc_b)[1, :4], atol=1e-6)
+
+
+def test_gpt_packed_documents_equal_separate_runs_and_ignore_padding():
+    cfg = tiny("gpt")
+    params = init(cfg)
+    doc_a, doc_b = tokens(0, (1, 3)), tokens(1, (1, 4))
+    packed = jnp.concatenate([doc_a, doc_b, jnp.array([[5]])], axis=1)  # + 1 padding
+    segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0]])
+    positions = jnp.array([[0, 1, 2, 0, 1, 2, 3, 0]])
+    out = apply(cfg, params, packed, segment_ids=segment_ids, positions=positions)
+    np.testing.assert_allclose(out[:, :3], apply(cfg, params, doc_a), atol=1e-5)
+    np.testing.assert_allclose(out[:, 3:7], apply(cfg, params, doc_b), atol=1e-5)
+    other_pad = apply(cfg, params, packed.at[0, 7].set(9), segment_ids=segment_ids,
+                      positions=positions)
+    np.testing.assert_allclose(out[:, :7], other_pad[:, :7], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- code paths
+
+
+def test_jit_equals_no_jit():
+    cfg = tiny("gpt")
+    params = init(cfg)
+    eager = apply(cfg, params, tokens())
+    jitted = jax.jit(lambda p, t: apply(cfg, p, t))(params, tokens())
+    np.testing.assert_allclose(eager, jitted, atol=1e-5)
+
+
+def restack(params):
+    """Unrolled params -> scanned params, for every stack in the tree."""
+    return {k: stack_layers(v, sum(n.startswith("layers_") for n in v))
+            if k in ("encoder", "decoder") else v for k, v in params.items()}
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "t5"])
+def test_scan_equals_unrolled(family):
+    unrolled = tiny(family, scan_layers=False)
+    params = init(unrolled)
+    assert "layers_1" in params["encoder" if family == "bert" else "decoder"]
+    scanned = unrolled.replace(scan_layers=True)
+    a = apply(unrolled, params, *inputs(unrolled))
+    b = apply(scanned, restack(params), *inputs(scanned))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots_saveable"])
+def test_remat_equals_no_remat_values_and_gradients(policy):
+    cfg = tiny("gpt")
+    params = init(cfg)
+
+    def loss(p, c):
+        return jnp.mean(jax.nn.log_softmax(apply(c, p, tokens()))[..., 3])
+
+    want = jax.value_and_grad(loss)(params, cfg)
+    got = jax.value_and_grad(loss)(params, cfg.replace(remat_policy=policy))
+    for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "t5"])
+def test_xla_and_dot_attention_agree(family):
+    cfg = tiny(family, num_kv_heads=2)
+    params = init(cfg)
+    kwargs = {}
+    if family == "bert":
+        kwargs = dict(input_mask=jnp.array([[1] * T, [1] * 6 + [0] * 2]))
+    if family == "t5":
+        kwargs = dict(encoder_mask=jnp.array([[1] * T, [1] * 6 + [0] * 2]))
+    a = apply(cfg, params, *inputs(cfg), **kwargs)
+    b = apply(cfg.replace(attention_impl="dot"), params, *inputs(cfg), **kwargs)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def decode_incrementally(cfg, params, toks, prefill, **kwargs):
+    """Prefill `prefill` tokens, then one token at a time; logits of every step."""
+    model = build(cfg)
+    cache = model.init(jax.random.key(0), *kwargs.get("encoder", ()), toks, decode=True,
+                       method=kwargs.get("method"))["cache"]
+    steps = [toks[:, :prefill]] + [toks[:, t:t + 1] for t in range(prefill, toks.shape[1])]
+    outs = []
+    for chunk in steps:
+        out, mutated = model.apply({"params": params, "cache": cache},
+                                   *kwargs.get("encoder", ()), chunk, decode=True,
+                                   method=kwargs.get("method"), mutable=["cache"])
+        cache = mutated["cache"]
+        outs.append(out)
+    return jnp.concatenate(outs, axis=1)
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, dict(position="rope", num_kv_heads=1, scan_layers=False)]
+)
+def test_gpt_kv_cache_decoding_equals_full_forward(overrides):
+    cfg = tiny("gpt", **overrides)
+    params = init(cfg)
+    full = apply(cfg, params, tokens())
+    np.testing.assert_allclose(decode_incrementally(cfg, params, tokens(), 3), full, atol=1e-5)
+
+
+def test_t5_kv_cache_decoding_equals_full_forward():
+    cfg = tiny("t5", num_kv_heads=2)
+    params = init(cfg)
+    enc, dec = tokens(0), tokens(1, (B, 6))
+    enc_mask = jnp.array([[1] * T, [1] * 5 + [0] * 3])
+    full = apply(cfg, params, enc, dec, encoder_mask=enc_mask)
+    encoded = apply(cfg, params, enc, enc_mask, method="encode")
+    step = lambda mdl, encoded, chunk, decode: mdl.decode(
+        encoded, chunk, encoder_mask=enc_mask, decode=decode)
+    got = decode_incrementally(cfg, params, dec, 2, encoder=(encoded,), method=step)
+    np.testing.assert_allclose(got, full, atol=1e-5)

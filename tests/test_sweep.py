@@ -1,0 +1,145 @@
+"""Sweeps: grid helpers, point names, resumable runs, results table and plot."""
+
+import csv
+import json
+import pathlib
+import shlex
+import textwrap
+
+import pytest
+
+from lm import sweep
+
+# A stand-in experiment for the runner's bookkeeping tests (the real trainer is exercised
+# by test_sweep_end_to_end below).
+FAKE_EXPERIMENT = textwrap.dedent('''
+    from lm import sweep
+    from lm.train import config as train_config
+
+    def get_config(arg):
+        config = train_config.base_config()
+        config.train.best_metric = "eval/accuracy"
+        config.train.best_mode = "max"
+        config.train.steps = 3
+        return config
+
+    def get_sweep(arg):
+        return sweep.product(**{"train.lr": [0.1, 0.01], "train.batch_size": [4, 8]})
+''')
+
+
+class FakeTrain:
+    """Records the points it runs and writes a metrics.jsonl whose score depends on lr."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.ran, self.fail_on = [], fail_on
+
+    def __call__(self, config, workdir):
+        name = pathlib.Path(workdir).name
+        self.ran.append(name)
+        if name == self.fail_on:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle
+        lr, bs = config.train.lr, config.train.batch_size
+        with open(pathlib.Path(workdir) / "metrics.jsonl", "w") as f:
+            for step in range(1, config.train.steps + 1):
+                f.write(json.dumps({"step": step, "train/loss": 1 / step}) + "\n")
+                acc = 0.5 + lr * step + bs / 1000
+                f.write(json.dumps({"step": step, "eval/loss": 1 - acc, "eval/accuracy": acc})
+                        + "\n")
+        return {"eval/accuracy": acc}
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    path = tmp_path / "fake_experiment.py"
+    path.write_text(FAKE_EXPERIMENT)
+    return str(path)
+
+
+def test_grid_helpers():
+    assert sweep.product(a=[1, 2], b=["x", "y"]) == [
+        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+    assert sweep.zip_(a=[1, 2], b=[3, 4]) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    with pytest.raises(ValueError, match="equal length"):
+        sweep.zip_(a=[1, 2], b=[3])
+    assert sweep.chain(sweep.zip_(a=[1]), sweep.product(b=[2, 3])) == [
+        {"a": 1}, {"b": 2}, {"b": 3}]
+
+
+def test_point_names_are_short_unique_and_filesystem_safe():
+    points = sweep.product(**{"train.lr": [5e-05, 3e-05], "model.heads": [("mlm", "nsp")],
+                              "data.name": ["a/b c"]})
+    names = sweep.point_names(points)
+    assert names[0] == "lr=5e-05,heads=mlm-nsp,name=a_b_c"
+    # Same last component: the full dotted key disambiguates.
+    assert sweep.point_names([{"a.lr": 1, "b.lr": 2}]) == ["a.lr=1,b.lr=2"]
+    with pytest.raises(ValueError, match="repeated points"):
+        sweep.point_names([{"x": 1}, {"x": 1}])
+
+
+def test_sweep_runs_resumes_and_summarizes(experiment, tmp_path):
+    workdir = tmp_path / "sweep"
+    train = FakeTrain(fail_on="lr=0.01,batch_size=4")
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_points(experiment, str(workdir), train_fn=train, log=lambda *_: None)
+    assert train.ran == ["lr=0.1,batch_size=4", "lr=0.1,batch_size=8", "lr=0.01,batch_size=4"]
+    assert not (workdir / "lr=0.01,batch_size=4" / sweep.DONE).exists()
+
+    # Running again runs only the interrupted point and the one never started.
+    train = FakeTrain()
+    ran = sweep.run_points(experiment, str(workdir), train_fn=train, log=lambda *_: None)
+    assert ran == train.ran == ["lr=0.01,batch_size=4", "lr=0.01,batch_size=8"]
+    # A deleted marker makes exactly that point run again.
+    (workdir / "lr=0.1,batch_size=8" / sweep.DONE).unlink()
+    train = FakeTrain()
+    sweep.run_points(experiment, str(workdir), train_fn=train, log=lambda *_: None)
+    assert train.ran == ["lr=0.1,batch_size=8"]
+
+    lines = []
+    rows = sweep.summarize(str(workdir), log=lines.append)
+    assert [r["status"] for r in rows] == ["done"] * 4
+    assert lines[0].startswith("best fake_experiment: lr=0.1,batch_size=8")
+    with open(workdir / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["point"] for r in table] == [r["point"] for r in rows]
+    best = table[1]  # lr=0.1, bs=8: acc = 0.5 + 0.1 * 3 + 0.008
+    assert float(best["best/eval/accuracy"]) == pytest.approx(0.808)
+    assert float(best["final/eval/loss"]) == pytest.approx(1 - 0.808)
+    assert best["train.lr"] == "0.1" and best["steps"] == "3"
+    md = (workdir / "results.md").read_text().splitlines()
+    assert len(md) == 2 + 4 and "best/eval/accuracy" in md[0]
+    assert (workdir / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summarize_marks_missing_points(experiment, tmp_path):
+    workdir = tmp_path / "sweep"
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_points(experiment, str(workdir), train_fn=FakeTrain(
+            fail_on="lr=0.1,batch_size=8"), log=lambda *_: None)
+    lines = []
+    rows = sweep.summarize(str(workdir), log=lines.append)
+    assert [r["status"] for r in rows] == ["done", "missing", "missing", "missing"]
+    assert "3 point(s) not finished" in lines[-1]
+
+
+def test_print_commands(experiment, tmp_path, capsys):
+    sweep.main(["sweep", "--config", experiment + ":x", "--workdir", str(tmp_path),
+                "--print_commands", "--config.train.steps=5"])
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 4
+    argv = shlex.split(commands[3])
+    assert argv[:4] == ["python", "-m", "lm", "train"]
+    assert argv[argv.index("--workdir") + 1] == str(tmp_path / "lr=0.01,batch_size=8")
+    assert argv[-3:] == ["--config.train.steps=5", "--config.train.lr=0.01",
+                         "--config.train.batch_size=8"]
+    # The commands' overrides build the same config the runner builds.
+    config = sweep.point_config(experiment + ":x", ["--config.train.steps=5"],
+                                {"train.lr": 0.01, "train.batch_size": 8})
+    assert (config.train.lr, config.train.batch_size, config.train.steps) == (0.01, 8, 5)
+
+
+def test_bad_override_is_a_clear_error(experiment, tmp_path):
+    with pytest.raises(SystemExit):
+        sweep.main(["sweep", "--config", experiment, "--workdir", str(tmp_path), "--lr=3"])
+    with pytest.raises(KeyError, match="unknown config key"):
+        sweep.point_config(experiment, ["--config.train.lrr=3"], {})

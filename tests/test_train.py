@@ -1,0 +1,241 @@
+"""Training: losses vs float64 numpy, exact gradient accumulation, tiny end-to-end runs of
+every experiment family (the loss goes down), NaN handling, and clear errors on bad input."""
+
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.special
+
+from lm import data, models
+from lm.train import checkpoint, cli, losses, mfu, step, tasks, train
+from lm.train import config as config_lib
+from lm.train.state import TrainState
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+
+
+# ------------------------------------------------------------------------------ losses
+
+def test_cross_entropy_and_squared_error_match_float64_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 7)).astype(np.float32) * 3
+    labels = rng.integers(0, 7, size=(2, 5))
+    weights = (rng.random((2, 5)) > 0.3).astype(np.float32)
+    got = losses.cross_entropy(jnp.asarray(logits, jnp.bfloat16), labels, weights)
+    x = np.asarray(jnp.asarray(logits, jnp.bfloat16), np.float64)  # same bf16 inputs
+    nll = scipy.special.logsumexp(x, -1) - np.take_along_axis(x, labels[..., None], -1)[..., 0]
+    np.testing.assert_allclose(got["loss"][0], (nll * weights).sum(), rtol=1e-5)
+    np.testing.assert_allclose(got["loss"][1], weights.sum())
+    np.testing.assert_allclose(got["accuracy"][0], ((x.argmax(-1) == labels) * weights).sum())
+    preds, targets = rng.normal(size=4), rng.normal(size=4)
+    mse = losses.squared_error(preds, targets, np.array([1.0, 1, 0, 1]))
+    np.testing.assert_allclose(mse["loss"][0], ((preds - targets) ** 2)[[0, 1, 3]].sum(),
+                               rtol=1e-6)
+
+
+# --------------------------------------------------------------------- gradient accumulation
+
+def _tiny_gpt(vocab=64, length=8):
+    cfg = models.model_config("gpt", "tiny", vocab_size=vocab, max_len=length, dropout_rate=0.0,
+                              attention_dropout_rate=0.0)
+    return cfg, models.build(cfg)
+
+
+def _ragged_batch(rows=8, length=8, vocab=64):
+    """Rows with 1..length real tokens: micro-batches hold different numbers of tokens."""
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, vocab, size=(rows, length + 1)).astype(np.int32)
+    real = np.arange(rows)[:, None] % length >= np.arange(length)[None, :]  # row r: r%T+1
+    order = np.argsort(-real.sum(1), kind="stable")  # strided micro-batches: very unequal
+    return dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
+                weights=real[order].astype(np.float32))
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_grad_accumulation_equals_one_big_batch(k):
+    model_cfg, model = _tiny_gpt()
+    task = tasks.get_task("causal", model_cfg)
+    batch = _ragged_batch()
+    params = nn.meta.unbox(model.init(jax.random.key(0), batch["inputs"])["params"])
+    tx = optax.sgd(1.0)  # update = -gradient: compares gradients, which Adam would normalise
+
+    def run(accum):
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        fn = jax.jit(lambda s, b: step.train_step(s, b, model=model, task=task, tx=tx,
+                                                  schedule=lambda _: 1.0, accum_steps=accum))
+        return fn(state, batch)
+
+    (one, m1), (acc, mk) = run(1), run(k)
+    np.testing.assert_allclose(mk["loss"], m1["loss"], rtol=1e-6)
+    np.testing.assert_allclose(mk["grad_norm"], m1["grad_norm"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                 acc.params, one.params)
+
+    # The test can fail: averaging the per-micro-batch mean gradients (optax.MultiSteps)
+    # differs from the whole-batch gradient on this batch by far more than the tolerance.
+    def mean_loss(p, b):
+        sums = tasks.metric_sums(task, tasks.forward(task, model, p, b, deterministic=True), b)
+        return tasks.summarize(task, sums)["loss"]
+
+    micro = step.split_micro_batches(batch, k)
+    naive = [jax.grad(mean_loss)(params, jax.tree.map(lambda x: x[i], micro)) for i in range(k)]
+    naive = jax.tree.map(lambda *g: np.mean(g, 0), *naive)
+    whole = jax.tree.map(np.subtract, params, one.params)  # sgd(1): params - update = grads
+    gap = max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), naive, whole)))
+    assert gap > 1e-3
+
+
+# ---------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def sentencepiece_model(tmp_path_factory) -> str:
+    """A 512-piece vocabulary of 2% of WikiText-2 train (seconds to train)."""
+    cfg = data.default_config()
+    cfg.update(source="text", doc_separator="wikitext", files={"train": "wikitext-2/train.txt"})
+    from lm.data import sources, tokenizers
+
+    prefix = tmp_path_factory.mktemp("spm") / "wt2_512"
+    return tokenizers.train_sentencepiece(
+        tokenizers.lines(sources.text_source(cfg, "train[:2%]")), str(prefix), vocab_size=512)
+
+
+TINY_RUN = {  # few steps of small batches: a smoke run that still learns
+    "train.steps": "25", "train.log_every": "1", "train.eval_every": "0", "train.eval_steps": "2",
+    "train.warmup_steps": "3", "train.decay_steps": "0", "train.checkpoint_every": "1000",
+    "train.batch_size": "8", "train.eval_at_start": "False",
+}
+WIKITEXT = {"model.vocab_size": "512", "model.num_layers": "1", "data.seq_len": "32",
+            "data.train_split": "train[:2%]", "data.eval_split": "validation[:5%]",
+            "data.num_threads": "1", "data.prefetch": "0", "train.lr": "3e-3"}
+
+
+def _metrics(workdir) -> list[dict]:
+    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+
+
+def _assert_learns(workdir, eval_keys):
+    records = _metrics(workdir)
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 26))
+    first, last = np.mean([r["train/loss"] for r in train[:5]]), np.mean(
+        [r["train/loss"] for r in train[-5:]])
+    assert last < first - 0.2, (first, last)
+    for key in ("train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu"):
+        assert np.isfinite(train[-1][key]), key
+    final = records[-1]
+    assert {"eval/loss", *eval_keys} <= set(final), final
+    assert (pathlib.Path(workdir) / "config.json").exists()
+    assert list((pathlib.Path(workdir) / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_shakespeare_char_from_the_command_line(tmp_path):
+    overrides = {**TINY_RUN, "model.num_layers": "2", "model.d_model": "64", "model.d_ff": "256",
+                 "data.seq_len": "32", "train.lr": "1e-2"}
+    cli.main(["train", "--config", f"{EXPERIMENTS}/gpt_shakespeare_char.py:cpu", "--workdir",
+              str(tmp_path), "--quiet", *[f"--config.{k}={v}" for k, v in overrides.items()]])
+    _assert_learns(tmp_path, {"eval/perplexity", "eval/accuracy"})
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["lr"] == 1e-2 and saved["model"]["num_layers"] == 2
+
+
+@pytest.mark.parametrize("experiment, eval_keys", [
+    ("gpt_wikitext.py:tiny", {"eval/perplexity"}),
+    ("bert_mlm_nsp.py:tiny", {"eval/mlm_accuracy", "eval/nsp_accuracy"}),
+    ("t5_span_corruption.py:tiny", {"eval/perplexity"}),
+])
+def test_tiny_run_reduces_the_loss(experiment, eval_keys, sentencepiece_model, tmp_path):
+    config = config_lib.load_experiment(f"{EXPERIMENTS}/{experiment}")
+    config = config_lib.apply_overrides(
+        config, {**TINY_RUN, **WIKITEXT, "data.tokenizer.path": sentencepiece_model})
+    result = train(config, str(tmp_path), quiet=True)
+    assert result["step"] == 25
+    _assert_learns(tmp_path, eval_keys)
+
+
+# ------------------------------------------------------------------------------- failures
+
+def _shakespeare(**overrides):
+    config = config_lib.load_experiment(f"{EXPERIMENTS}/gpt_shakespeare_char.py:cpu")
+    small = {**TINY_RUN, "model.num_layers": "1", "model.d_model": "32", "model.d_ff": "64",
+             "data.seq_len": "16", "train.steps": "8"}
+    return config_lib.apply_overrides(config, {**small, **overrides})
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                            monkeypatch):
+    real_step = step.train_step
+
+    def poisoned(state, batch, **kwargs):  # the 4th update (step 4) turns everything NaN
+        new, metrics = real_step(state, batch, **kwargs)
+        nan = jnp.where(state.step == 3, jnp.nan, 1.0)
+        return new.replace(params=jax.tree.map(lambda p: p * nan, new.params)), {
+            **metrics, "loss": metrics["loss"] * nan}
+
+    monkeypatch.setattr(step, "train_step", poisoned)
+    with pytest.raises(FloatingPointError, match=r"at step 4: .*last good checkpoint is step 2"):
+        train(_shakespeare(**{"train.checkpoint_every": "2"}), str(tmp_path), quiet=True)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), every=2, keep=2)
+    assert ckpt.latest_step() == 2
+    ckpt.close()
+
+
+def test_tokenizer_larger_than_model_vocab_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"tokenizer has 68 ids but model.vocab_size=60"):
+        train(_shakespeare(**{"model.vocab_size": "60"}), str(tmp_path), quiet=True)
+
+
+def test_missing_data_is_an_error(tmp_path):
+    with pytest.raises(Exception, match="no_such_dataset"):
+        train(_shakespeare(**{"data.name": "no_such_dataset"}), str(tmp_path), quiet=True)
+
+
+def test_unknown_key_lists_the_near_valid_keys(capsys):
+    config = _shakespeare()
+    with pytest.raises(KeyError, match=r"'train.lrr'.*train\.lr"):
+        config_lib.apply_overrides(config, {"train.lrr": "1e-3"})
+    with pytest.raises(KeyError, match=r"'trian.warmup_steps'.*train\.warmup_steps"):
+        config_lib.apply_overrides(config, {"trian.warmup_steps": "3"})
+    with pytest.raises(SystemExit, match=r"unknown config key 'model.num_layer'.*model.num_layers"):
+        cli.main(["train", "--config", f"{EXPERIMENTS}/gpt_shakespeare_char.py", "--workdir",
+                  "/nonexistent", "--config.model.num_layer=3"])
+
+
+@pytest.mark.parametrize("key, text", [("train.steps", "abc"), ("train.steps", "2.5"),
+                                       ("train.lr", "fast"), ("train.eval_at_start", "maybe")])
+def test_wrong_type_names_the_key(key, text):
+    with pytest.raises(ValueError, match=rf"--config.{key}='{text}': expected a"):
+        config_lib.apply_overrides(_shakespeare(), {key: text})
+
+
+def test_overrides_parse_to_the_field_type():
+    config = config_lib.apply_overrides(_shakespeare(), {
+        "train.steps": "12", "train.lr": "3e-4", "train.eval_at_start": "true",
+        "model.heads": "", "model.num_kv_heads": "2", "data.eval_split": "test"})
+    assert (config.train.steps, config.train.lr, config.train.eval_at_start) == (12, 3e-4, True)
+    assert config.model.heads == () and config.model.num_kv_heads == 2
+    assert config.data.eval_split == "test"
+    arg = config_lib.parse_arg("base,nsp=False", size="tiny", nsp=True)
+    assert (arg.size, arg.nsp) == ("base", False)
+    with pytest.raises(ValueError, match="unknown experiment arg 'nps'"):
+        config_lib.parse_arg("nps=False", size="tiny", nsp=True)
+
+
+# ------------------------------------------------------------------------------------ MFU
+
+def test_gpt2_flops_use_nanogpts_parameter_count():
+    """GPT-2 124M: 124,439,808 params; nanoGPT's N leaves out the 1024×768 position table."""
+    cfg = models.model_config("gpt", "base")
+    params = jax.eval_shape(lambda: models.build(cfg).init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    params = nn.meta.unbox(params)
+    assert sum(x.size for x in jax.tree.leaves(params)) == 124_439_808
+    n = mfu.matmul_params(params, tie_embeddings=True)
+    assert n == 124_439_808 - 1024 * 768
+    assert mfu.flops_per_token(n, num_layers=12, attn_width=768, seq_len=1024) == (
+        6 * n + 12 * 12 * 768 * 1024)
