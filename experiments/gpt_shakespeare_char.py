@@ -1,4 +1,4 @@
-"""python -m lm train --config experiments/gpt_shakespeare_char.py:cpu --workdir /tmp/shakespeare_cpu
+"""python -m lm train --config experiments/gpt_shakespeare_char.py:cpu --workdir /tmp/shakespeare
 
 Character-level GPT on tiny Shakespeare: nanoGPT's `shakespeare_char` recipe.
 

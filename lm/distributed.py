@@ -6,18 +6,22 @@ Call `initialize()` once, before anything touches a JAX device. Three cases:
   the environment (`LM_COORDINATOR_ADDRESS`, `LM_NUM_PROCESSES`, `LM_PROCESS_ID`), e.g. several
   CPU processes on 127.0.0.1 (how tests exercise the multi-host path) or a hand-rolled
   launcher;
-- auto-detected: a multi-host TPU VM pod or a SLURM job with several tasks, where JAX reads
-  the topology from the environment itself;
-- otherwise a single process: nothing to do.
+- auto-detected: a SLURM job step with several tasks (`srun`), a TPU pod whose environment
+  lists several workers, or `LM_DISTRIBUTED=auto` (what scripts/launch_tpu_pod.sh sets: a
+  Cloud TPU VM's topology comes from its metadata server, not the environment); JAX reads
+  the topology itself;
+- otherwise (or with `LM_DISTRIBUTED=off`) a single process: nothing to do.
 """
 
 import os
+from collections.abc import Mapping
 
 import jax
 
 ENV_COORDINATOR = "LM_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "LM_NUM_PROCESSES"
 ENV_PROCESS_ID = "LM_PROCESS_ID"
+ENV_MODE = "LM_DISTRIBUTED"  # 'auto': always let JAX detect the cluster; 'off': never
 
 
 def _env_int(name: str) -> int | None:
@@ -30,10 +34,15 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"${name}={value!r} must be an integer") from None
 
 
-def cluster_detected(environ: dict[str, str] | None = None) -> str | None:
+def cluster_detected(environ: Mapping[str, str] | None = None) -> str | None:
     """Names the multi-host cluster JAX can auto-detect from `environ`, or None."""
     env = os.environ if environ is None else environ
-    if int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")) or 1) > 1:
+    mode = env.get(ENV_MODE, "").lower()
+    if mode in ("auto", "off"):
+        return "auto" if mode == "auto" else None
+    # Inside an `srun` step only: a batch script's own shell has SLURM_NTASKS too, but it is
+    # one process, and initialising would wait forever for the others.
+    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:
         return "slurm"
     # A TPU VM pod lists every worker host; a single-host TPU VM lists one (or nothing).
     if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:

@@ -88,7 +88,8 @@ def run(
             _kill_all(procs)
             logs = "\n".join(f"--- process {i} ---\n{_tail(out / f'log_{i}.txt')}"
                              for i in range(num_processes))
-            raise TimeoutError(f"{target} on {num_processes} processes ran past {timeout}s\n{logs}")
+            raise TimeoutError(
+                f"{target} on {num_processes} processes ran past {timeout}s\n{logs}") from None
         finally:
             _kill_all(procs)
         failed = [i for i, p in enumerate(procs) if p.returncode != 0]

@@ -96,9 +96,10 @@ def test_adamw_matches_torch():
     mask = jax.tree.leaves(optim.decay_mask(params, decay_embeddings=False))
     torch_params = [torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True)
                     for x in leaves]
+    decayed = [p for p, m in zip(torch_params, mask, strict=True) if m]
+    not_decayed = [p for p, m in zip(torch_params, mask, strict=True) if not m]
     torch_opt = torch.optim.AdamW(
-        [{"params": [p for p, m in zip(torch_params, mask) if m], "weight_decay": 0.3},
-         {"params": [p for p, m in zip(torch_params, mask) if not m], "weight_decay": 0.0}],
+        [{"params": decayed, "weight_decay": 0.3}, {"params": not_decayed, "weight_decay": 0.0}],
         lr=0.1, betas=(0.9, 0.99), eps=1e-8)
     opt_state = tx.init(params)
     for step in range(5):
@@ -107,13 +108,13 @@ def test_adamw_matches_torch():
             jax.tree.unflatten(treedef, [jnp.asarray(g, jnp.float32) for g in grads]),
             opt_state, params)
         params = jax.tree.map(jnp.add, params, updates)
-        for p, g in zip(torch_params, grads):
+        for p, g in zip(torch_params, grads, strict=True):
             p.grad = torch.tensor(g, dtype=torch.float64)
         torch.nn.utils.clip_grad_norm_(torch_params, 0.5)
         for group in torch_opt.param_groups:
             group["lr"] = float(schedule(step))
         torch_opt.step()
-    for got, want in zip(jax.tree.leaves(params), torch_params):
+    for got, want in zip(jax.tree.leaves(params), torch_params, strict=True):
         np.testing.assert_allclose(got, want.detach().numpy(), rtol=2e-5, atol=2e-6)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from lm import models
+from lm import distributed, models
 from lm.train import checkpoint, optim, sharding, step, tasks
 from lm.train.config import default_train_config
 from lm.train.state import TrainState
@@ -153,3 +153,23 @@ def test_mesh_shape_errors_say_what_is_wrong(mesh, message):
     with pytest.raises(ValueError) as err:
         sharding.mesh_shape(mesh, 8)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, None),
+    ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "16"}, "slurm"),  # a task of `srun`
+    ({"SLURM_NTASKS": "16"}, None),  # the batch script's own shell: one process
+    ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1,t1v-2,t1v-3"}, "tpu"),
+    ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),  # a single-host TPU VM
+    ({"LM_DISTRIBUTED": "auto"}, "auto"),
+    ({"LM_DISTRIBUTED": "off", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "16"}, None),
+])
+def test_cluster_detection(environ, expected):
+    assert distributed.cluster_detected(environ) == expected
+
+
+def test_explicit_start_needs_all_three_values():
+    with pytest.raises(ValueError, match=r"missing \['num_processes', 'process_id'\]"):
+        distributed.initialize(coordinator_address="127.0.0.1:1234")
+    with pytest.raises(ValueError, match=r"process_id=4 must be in \[0, num_processes=4\)"):
+        distributed.initialize("127.0.0.1:1234", num_processes=4, process_id=4)

@@ -58,7 +58,7 @@ def from_hf(directory: str | pathlib.Path, **model_overrides: Any) -> tuple[nn.M
     """
     directory = pathlib.Path(directory)
     hf_config, files = read_config(directory), weight_files(directory)
-    cfg = model_config(hf_config, **model_overrides)
+    cfg = config_from_hf(hf_config, **model_overrides)
     params = convert_tensors(cfg, FAMILIES[hf_config["model_type"]], read_tensors(files))
     return build(cfg), params
 
@@ -108,7 +108,7 @@ def read_tensors(files: list[pathlib.Path]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def model_config(hf: dict, **overrides: Any) -> ModelConfig:
+def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
     """Translates an HF config.json dict into a ModelConfig (plus `overrides`)."""
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:

@@ -158,14 +158,22 @@ def train_sentencepiece(sentences: Iterable[str], prefix: str, *, vocab_size: in
     if model_type not in ("unigram", "bpe"):
         raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_prefix=prefix, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=character_coverage,
-        byte_fallback=byte_fallback, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        user_defined_symbols=[*BERT_SYMBOLS, *(sentinel(i) for i in range(num_sentinels))],
-        normalization_rule_name="identity", remove_extra_whitespaces=False,
-        input_sentence_size=max_sentences, shuffle_input_sentence=True,
-        max_sentence_length=1 << 15, num_threads=num_threads, minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_prefix=prefix, vocab_size=vocab_size,
+            model_type=model_type, character_coverage=character_coverage,
+            byte_fallback=byte_fallback, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+            user_defined_symbols=[*BERT_SYMBOLS, *(sentinel(i) for i in range(num_sentinels))],
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            input_sentence_size=max_sentences, shuffle_input_sentence=True,
+            max_sentence_length=1 << 15, num_threads=num_threads, minloglevel=2)
+    except RuntimeError as e:
+        if "Vocabulary size too high" not in str(e):
+            raise
+        # A unigram model on a small corpus cannot reach vocab sizes near its word count
+        # (WikiText-2: at most ~17.9k); BPE can.
+        raise ValueError(f"{e}: this corpus is too small for {vocab_size} {model_type} pieces;"
+                         " use a smaller vocab_size or model_type='bpe'") from None
     return prefix + ".model"
 
 

@@ -23,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers
 
 
@@ -154,24 +155,36 @@ class Checkpointer:
         )
         return self._manager.save(step, args=args, metrics=metrics, force=True)
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, dict]:
+    def restore(self, abstract_state: Any = None, step: int | None = None, *, data: bool = True
+                ) -> tuple[Any, Any, dict]:
         """(state, data_state, extra) of `step` (default: latest), laid out as `abstract_state`.
 
         `abstract_state` holds arrays or ShapeDtypeStructs whose shardings the restored arrays
-        take. `extra` holds the saved `config` and the `step`. A checkpoint of another model
-        shape raises ValueError naming the parameters that differ.
+        take; None = the saved shapes, replicated (e.g. to read a pretraining run's params).
+        `data=False` skips the data-iterator state (None), which only a run with the same
+        process count can use. `extra` holds the saved `config` and the `step`. A checkpoint
+        of another model shape raises ValueError naming the parameters that differ.
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if abstract_state is None:
+            abstract_state = self.saved_abstract_state(step)
         abstract_state = abstract_like(abstract_state)
         self._check_shapes(step, abstract_state)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ProcessJsonRestore(),
-            config=ocp.args.JsonRestore(),
-        ))
-        return restored.state, restored.data, {"config": restored.config, "step": step}
+        items = dict(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore())
+        if data:
+            items["data"] = ProcessJsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        data_state = restored.data if data else None
+        return restored.state, data_state, {"config": restored.config, "step": step}
+
+    def saved_abstract_state(self, step: int) -> Any:
+        """The saved state's tree of ShapeDtypeStructs (dicts and lists), replicated."""
+        replicated = NamedSharding(Mesh(jax.devices(), ("all",)), PartitionSpec())
+        tree = self._manager.item_metadata(step)["state"].tree
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+                            tree, is_leaf=lambda m: hasattr(m, "shape"))
 
     def _check_shapes(self, step: int, abstract_state: Any) -> None:
         tree = self._manager.item_metadata(step)["state"].tree

@@ -1,11 +1,15 @@
-"""`python -m lm train --config experiments/<file>.py[:<arg>] --workdir DIR [--config.<key>=<value> ...]`."""
+"""The `train` command:
+
+    python -m lm train --config experiments/<file>.py[:<arg>] --workdir DIR \\
+        [--quiet] [--config.<dotted.key>=<value> ...]
+"""
 
 import argparse
 import sys
 
 from lm.train import config as config_lib
 
-USAGE = __doc__.strip().strip("`")
+USAGE = __doc__.split("\n\n", 1)[1].strip()
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
@@ -20,7 +24,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     while i < len(rest):
         arg = rest[i]
         if not arg.startswith("--config."):
-            parser.error(f"unrecognized argument {arg!r}; overrides look like --config.train.lr=3e-4")
+            parser.error(f"unrecognized argument {arg!r}; overrides look like "
+                         "--config.train.lr=3e-4")
         key, eq, value = arg[len("--config."):].partition("=")
         if not eq:  # --config.train.lr 3e-4
             if i + 1 >= len(rest):

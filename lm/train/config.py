@@ -7,9 +7,11 @@ parsed to the type of the field it replaces (an error names the key when it does
 """
 
 import ast
+import copy
 import difflib
 import importlib.util
 import pathlib
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -80,30 +82,41 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         key, sep, text = part.partition("=")
         key, text = (key.strip(), text.strip()) if sep else (first, part.strip())
         if key not in defaults:
-            raise ValueError(f"unknown experiment arg {key!r} in {arg!r}; valid: {sorted(defaults)}")
-        result[key] = parse_value(text, defaults[key], key=key)
+            raise ValueError(
+                f"unknown experiment arg {key!r} in {arg!r}; valid: {sorted(defaults)}")
+        result[key] = parse_value(text, defaults[key], name=f"experiment arg {key}")
     return result
 
 
-def load_experiment(spec: str) -> ml_collections.ConfigDict:
-    """`path/to/file.py[:arg]` → the file's `get_config(arg)`."""
-    path, _, arg = spec.partition(":")
+def load_module(path: str | pathlib.Path) -> ModuleType:
+    """Import an experiment file by path (experiments/ is not a package)."""
     file = pathlib.Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"experiment file {path!r} does not exist")
+        raise FileNotFoundError(f"experiment file {str(path)!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"experiment_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path} defines no get_config(arg)")
-    return module.get_config(arg or None)
+    return module
+
+
+def load_experiment(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/file.py[:arg]` → the file's `get_config(arg)`."""
+    path, _, arg = spec.partition(":")
+    return load_module(path).get_config(arg or None)
 
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
-def parse_value(text: str, current: Any, *, key: str) -> Any:
-    """Parse command-line `text` to the type of the field's `current` value."""
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", tuple: "a tuple",
+          list: "a list"}
+
+
+def parse_value(text: str, current: Any, *, name: str) -> Any:
+    """Parse command-line `text` to the type of the field's `current` value; `name` (e.g.
+    '--config.train.lr') is what an error message calls the field."""
     kind = type(current)
     try:
         if kind is bool:
@@ -126,8 +139,8 @@ def parse_value(text: str, current: Any, *, key: str) -> Any:
         return _literal_or_str(text)  # None (or any other) field: a Python literal, else text
     except (ValueError, SyntaxError):
         raise ValueError(
-            f"--config.{key}={text!r}: expected a {kind.__name__} like the current value "
-            f"{current!r}"
+            f"{name}={text!r}: expected {_KINDS.get(kind, kind.__name__)} like the current "
+            f"value {current!r}"
         ) from None
 
 
@@ -159,7 +172,7 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
             break
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         raise KeyError(_unknown_key_message(config, key))
-    node[leaf] = parse_value(text, node[leaf], key=key)
+    node[leaf] = parse_value(text, node[leaf], name=f"--config.{key}")
 
 
 def _unknown_key_message(config: ml_collections.ConfigDict, key: str) -> str:
@@ -172,8 +185,12 @@ def _unknown_key_message(config: ml_collections.ConfigDict, key: str) -> str:
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
                     ) -> ml_collections.ConfigDict:
-    """Apply `{dotted key: text}` to a copy of `config`."""
-    config = ml_collections.ConfigDict(config.to_dict())
+    """Apply `{dotted key: text}` to a copy of `config`.
+
+    A deep copy keeps the FieldReferences an experiment may derive fields with (e.g. steps =
+    epochs × steps per epoch), so they follow the overridden values.
+    """
+    config = copy.deepcopy(config)
     for key, text in overrides.items():
         override(config, key, text)
     return config

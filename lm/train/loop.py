@@ -10,16 +10,15 @@ never waits on the device except at eval and checkpoint steps.
 import functools
 import pathlib
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
-from lm import data, models
+from lm import data, finetune, models
 from lm.data import sources, tokenizers
 from lm.train import checkpoint, mfu, optim, sharding, step, tasks, windows
 from lm.train.metrics import MetricsWriter
@@ -49,8 +48,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
     shard_index, shard_count = sharding.process_batch_shard(mesh)
     make_iter = functools.partial(
-        ITERATORS.get(config.data.objective) or data.make_iterator, config.data, tokenizer, process_index=shard_index,
-        process_count=shard_count)
+        ITERATORS.get(config.data.objective) or data.make_iterator, config.data, tokenizer,
+        process_index=shard_index, process_count=shard_count)
     train_iter = make_iter(split=config.data.train_split, seed=t.seed,
                            batch_size=local_rows(t.batch_size, shard_count, t.grad_accum_steps))
     example = peek(train_iter)
@@ -66,6 +65,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     if ckpt.latest_step() is not None:
         state, data_state, _ = ckpt.restore(state)
         train_iter.set_state(data_state)
+    elif config.init.checkpoint or config.init.hf_dir:  # finetuning: a fresh run only
+        params = finetune.init_params(config, state.params)
+        state = state.replace(params=jax.device_put(params, state_shardings.params))
 
     batch_sharding = sharding.batch_sharding(mesh)
     train_step = jax.jit(
@@ -73,26 +75,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                           accum_steps=t.grad_accum_steps, dropout_seed=t.seed),
         in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
         donate_argnums=0)
+    # Eval results are replicated: every host can read them (and host metrics need them).
     eval_step = jax.jit(functools.partial(step.eval_step, model=model, task=task),
-                        in_shardings=(state_shardings.params, batch_sharding))
+                        in_shardings=(state_shardings.params, batch_sharding),
+                        out_shardings=NamedSharding(mesh, PartitionSpec()))
 
-    def evaluate(params) -> dict[str, float]:
-        eval_rows = t.eval_batch_size or t.batch_size
-        batches = eval_batches(make_iter, config.data.eval_split, t.eval_steps, seed=t.seed,
-                               batch_size=local_rows(eval_rows, shard_count))
-        sums = None
-        for batch in batches:
-            out = eval_step(params, sharding.host_batch_to_global(batch, mesh))
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        if sums is None:
-            raise ValueError(f"the eval split {config.data.eval_split!r} yielded no batches")
-        return {f"eval/{k}": float(v) for k, v in tasks.summarize(task, jax.device_get(sums)).items()}
+    eval_rows = local_rows(t.eval_batch_size or t.batch_size, shard_count)
+    evaluate = lambda params: run_eval(
+        eval_step, params, eval_batches(make_iter, config.data.eval_split, t.eval_steps,
+                                        seed=t.seed, batch_size=eval_rows),
+        task=task, mesh=mesh, host_metrics=task.host_metrics and task.host_metrics(config.data))
 
-    flops_per_token = mfu.flops_per_token(
-        mfu.matmul_params(state.params, tie_embeddings=model_cfg.tie_embeddings),
-        num_layers=model_cfg.num_layers + (model_cfg.decoder_layers if model_cfg.family == "t5"
-                                           else 0),
-        attn_width=model_cfg.num_heads * model_cfg.dim_per_head, seq_len=example["inputs"].shape[1])
+    flops_per_token = mfu.model_flops_per_token(model_cfg, state.params,
+                                                example["inputs"].shape[1])
     peak = mfu.peak_flops(jax.devices()[0], model_cfg.dtype)
     tokens_per_step = t.batch_size * example["inputs"].shape[1]
 
@@ -105,13 +100,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     best: dict[str, float] = {}
     pending = None  # (step, device metrics) not yet read by the host
 
-    def read(pending) -> None:
+    def read(pending, force_log: bool = False) -> None:
         """Fetch a finished step's metrics; stop on non-finite values; log every log_every."""
         s, device_metrics = pending
         values = {f"train/{k}": float(v) for k, v in jax.device_get(device_metrics).items()}
         check_finite(s, values, ckpt)
         meter.tick()
-        if s % t.log_every == 0 or s == t.steps:
+        if force_log or s % t.log_every == 0:
             steps_per_s = meter.rate()
             if steps_per_s:
                 values["train/steps_per_s"] = steps_per_s
@@ -135,7 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
             stop = preemption.should_stop(s) or s == t.steps
             is_eval = (t.eval_every and s % t.eval_every == 0) or s == t.steps
             if is_eval or stop or s % t.checkpoint_every == 0:
-                read(pending)  # never checkpoint a state whose loss was not checked
+                read(pending, force_log=stop)  # never save a state whose loss was not checked
                 pending = None
                 eval_metrics = evaluate(state.params) if is_eval else None
                 if eval_metrics:
@@ -149,6 +144,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     ckpt.close()
     writer.close()
     return {"step": float(jax.device_get(state.step)), **last, **best}
+
+
+def run_eval(eval_step, params, batches, *, task: tasks.Task, mesh, host_metrics=None
+             ) -> dict[str, float]:
+    """`eval/<metric>` over `batches`: exact sums over every (non-padding) row, and the task's
+    host metrics (GLUE F1, ...) when it has them."""
+    sums = None
+    for batch in batches:
+        out, host_out = eval_step(params, sharding.host_batch_to_global(batch, mesh))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        if host_metrics:
+            host_metrics.add(*jax.device_get(host_out))
+    if sums is None:
+        raise ValueError("the eval split yielded no batches: check data.eval_split")
+    results = tasks.summarize(task, jax.device_get(sums))
+    results.update(host_metrics.compute() if host_metrics else {})
+    return {f"eval/{k}": float(v) for k, v in results.items()}
 
 
 def make_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: pathlib.Path, vocab_size: int

@@ -16,7 +16,8 @@ def weighted_sum(values: jax.Array, weights: jax.Array) -> Sum:
     return jnp.sum(values.astype(jnp.float32) * weights), jnp.sum(weights)
 
 
-def cross_entropy(logits_xV: jax.Array, labels_x: jax.Array, weights_x: jax.Array) -> dict[str, Sum]:
+def cross_entropy(logits_xV: jax.Array, labels_x: jax.Array, weights_x: jax.Array
+                  ) -> dict[str, Sum]:
     """Softmax cross-entropy and accuracy for integer labels; `x` is any leading shape."""
     logits_xV = logits_xV.astype(jnp.float32)
     log_z_x = jax.nn.logsumexp(logits_xV, axis=-1)

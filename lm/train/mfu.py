@@ -53,6 +53,16 @@ def flops_per_token(n_matmul_params: int, *, num_layers: int, attn_width: int, s
     return 6.0 * n_matmul_params + 12.0 * num_layers * attn_width * seq_len
 
 
+def model_flops_per_token(model_cfg: Any, params: Any, seq_len: int) -> float:
+    """Training FLOPs per input token of a model; encoder-decoders count both stacks at the
+    encoder length, an upper bound (the decoder of span corruption sees ~1/4 of the tokens)."""
+    layers = model_cfg.num_layers + (model_cfg.decoder_layers if model_cfg.family == "t5" else 0)
+    return flops_per_token(matmul_params(params, tie_embeddings=model_cfg.tie_embeddings),
+                           num_layers=layers,
+                           attn_width=model_cfg.num_heads * model_cfg.dim_per_head,
+                           seq_len=seq_len)
+
+
 @functools.cache
 def cpu_matmul_peak(n: int = 1024, reps: int = 5) -> float:
     """Measured float32 matmul FLOP/s on this host's CPU (best of a few runs; once per process)."""

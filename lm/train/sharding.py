@@ -16,14 +16,15 @@ Typical use (the train loop):
 """
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.experimental import mesh_utils
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -159,6 +160,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+@functools.cache  # called for every batch; a mesh never changes
 def process_batch_shard(mesh: Mesh) -> tuple[int, int]:
     """(index, count): this process loads slice `index` of `count` equal slices of the batch.
 

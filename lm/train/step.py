@@ -78,7 +78,8 @@ def train_step(
 
 
 def eval_step(params: Any, batch: Batch, *, model: nn.Module, task: tasks.Task
-              ) -> dict[str, losses.Sum]:
-    """Metric sums of one eval batch (padding rows weigh 0); add them up, then summarize."""
+              ) -> tuple[dict[str, losses.Sum], tuple | None]:
+    """Metric sums of one eval batch (padding rows weigh 0; add them up, then summarize),
+    and the outputs the task's host metrics need (None for most tasks)."""
     outputs = tasks.forward(task, model, params, batch, deterministic=True)
-    return tasks.metric_sums(task, outputs, batch)
+    return tasks.metric_sums(task, outputs, batch), tasks.host_outputs(task, outputs, batch)

@@ -35,6 +35,10 @@ class Task:
     inputs: ModelInputs
     terms: tuple[Term, ...]
     perplexity: bool = False  # report exp(loss) (token-level LM objectives)
+    # Whole-split metrics that are not means (F1, Matthews, Spearman): data config -> an
+    # accumulator with add(logits, labels, weights) and compute() -> dict, or None. Eval then
+    # also returns the first term's (logits, labels, weights) to the host.
+    host_metrics: Callable[[Any], Any] | None = None
 
 
 def forward(task: Task, model: nn.Module, params: Any, batch: Batch, *, deterministic: bool,
@@ -97,6 +101,28 @@ _NSP = Term("nsp", lambda out: out["nsp_logits"], "nsp_labels", _real_rows)
 _CLASSES = Term("", lambda out: out["logits"], "labels", _example_weights)
 _REGRESSION = dataclasses.replace(_CLASSES, loss=_squared_error_1d)
 
+class GlueMetrics:
+    """The official GLUE metrics of `data.task` (lm/metrics.py), exact over the whole split."""
+
+    def __init__(self, task: str):
+        from lm import metrics  # GLUE metric definitions, owned by the finetuning code
+
+        self._metrics = metrics
+        self._acc = metrics.Accumulator(task)
+
+    def add(self, logits_BxC, labels_B, weights_B) -> None:
+        self._acc.add(self._metrics.predictions_from_logits(logits_BxC), labels_B, weights_B)
+
+    def compute(self) -> dict[str, float]:
+        return self._acc.compute()
+
+
+def _glue_metrics(data_cfg: Any) -> GlueMetrics | None:
+    from lm import metrics
+
+    return GlueMetrics(data_cfg.task) if data_cfg.get("task") in metrics.TASKS else None
+
+
 # Keyed by `config.data.objective`. Classification scores with MSE when the model has a
 # single output (num_labels == 1: regression, e.g. STS-B).
 TASKS: dict[str, Callable[[Any], Task]] = {
@@ -106,14 +132,16 @@ TASKS: dict[str, Callable[[Any], Task]] = {
     "mlm_nsp": lambda model_cfg: Task(_bert_inputs, (_MLM, _NSP)),
     "span_corruption": lambda model_cfg: Task(_t5_inputs, (_LM,), perplexity=True),
     "classification": lambda model_cfg: Task(
-        _bert_inputs, (_REGRESSION if model_cfg.num_labels == 1 else _CLASSES,)
+        _bert_inputs, (_REGRESSION if model_cfg.num_labels == 1 else _CLASSES,),
+        host_metrics=_glue_metrics,
     ),
 }
 
 
 def get_task(objective: str, model_cfg: Any) -> Task:
     if objective not in TASKS:
-        raise ValueError(f"no training task for data.objective={objective!r}; known: {sorted(TASKS)}")
+        raise ValueError(
+            f"no training task for data.objective={objective!r}; known: {sorted(TASKS)}")
     return TASKS[objective](model_cfg)
 
 
@@ -142,6 +170,14 @@ def metric_sums(task: Task, outputs: Any, batch: Batch) -> dict[str, losses.Sum]
 def total_loss(task: Task, sums: dict[str, losses.Sum], totals: dict[str, jax.Array]) -> jax.Array:
     """Σ over terms of loss-sum / whole-batch weight (`totals` from term_weights)."""
     return sum(sums[k][0] / jnp.maximum(totals[k], 1e-9) for k in map(loss_key, task.terms))
+
+
+def host_outputs(task: Task, outputs: Any, batch: Batch) -> tuple | None:
+    """What eval hands to `task.host_metrics`: the first term's (logits, labels, weights)."""
+    if task.host_metrics is None:
+        return None
+    t = task.terms[0]
+    return t.logits(outputs), batch[t.labels], t.weights(batch)
 
 
 def summarize(task: Task, sums: dict[str, losses.Sum]) -> dict[str, jax.Array]:

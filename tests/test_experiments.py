@@ -1,0 +1,63 @@
+"""Every experiment file loads, and each of its args builds a model and an input pipeline."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from lm import data, models
+from lm.train import config as config_lib
+from lm.train import loop, tasks
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+FILES = sorted(EXPERIMENTS.glob("*.py"))
+
+
+def _cases():
+    for path in FILES:
+        module = config_lib.load_module(path)
+        for arg in getattr(module, "ARGS", (None,)):
+            yield pytest.param(path, arg, id=f"{path.stem}:{arg}")
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model(tmp_path_factory) -> str:
+    """A small vocabulary for pipeline checks (experiments train theirs into the workdir)."""
+    from lm.data import sources, tokenizers
+
+    cfg = data.default_config()
+    cfg.update(source="text", doc_separator="wikitext", files={"train": "wikitext-2/train.txt"})
+    prefix = tmp_path_factory.mktemp("spm") / "wt2_512"
+    return tokenizers.train_sentencepiece(
+        tokenizers.lines(sources.text_source(cfg, "train[:2%]")), str(prefix), vocab_size=512)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_docstring_starts_with_the_command(path):
+    doc = config_lib.load_module(path).__doc__ or ""
+    assert doc.startswith(f"python -m lm train --config experiments/{path.name}"), doc[:80]
+
+
+@pytest.mark.parametrize("path, arg", list(_cases()))
+def test_config_builds_a_model_and_a_pipeline(path, arg, sentencepiece_model):
+    config = config_lib.load_experiment(f"{path}:{arg}" if arg else str(path))
+    assert set(config) >= {"model", "data", "train", "mesh", "init"}
+    if config.data.tokenizer.kind == "sentencepiece" and not config.data.tokenizer.path:
+        config.data.tokenizer.path = sentencepiece_model
+    config.data.update(num_threads=1, prefetch=0, workers=0)
+    model_cfg = models.ModelConfig(**config.model)
+    tokenizer = data.make_tokenizer(config.data)
+    loop.check_vocab(tokenizer.vocab_size, model_cfg.vocab_size)
+
+    make_iterator = loop.ITERATORS.get(config.data.objective) or data.make_iterator
+    batch = next(make_iterator(config.data, tokenizer, split=config.data.train_split,
+                               batch_size=2, seed=0))
+    assert batch["inputs"].shape == (2, config.data.seq_len)
+    assert all(np.shape(v)[0] == 2 for v in batch.values())
+
+    task = tasks.get_task(config.data.objective, model_cfg)
+    model = models.build(model_cfg)
+    params = jax.eval_shape(lambda: tasks.init_params(task, model, jax.random.key(0), batch))
+    assert sum(np.prod(x.shape) for x in jax.tree.leaves(params)) > 0
+    assert config.train.batch_size % config.train.grad_accum_steps == 0
