@@ -52,18 +52,27 @@ def generate(
     return jax.jit(run)(params, prompt_BxP, rng, encoder_tokens, encoder_mask)
 
 
-def _generate(model, params, prompt_BxP, rng, encoder_tokens, encoder_mask, *,
-              max_new_tokens, temperature):
+def _generate(
+    model, params, prompt_BxP, rng, encoder_tokens, encoder_mask, *, max_new_tokens, temperature
+):
     B, P = prompt_BxP.shape
     if encoder_tokens is None:
         decoder = lambda variables, toks_BxT: model.apply(
-            variables, toks_BxT, decode=True, mutable=["cache"])
+            variables, toks_BxT, decode=True, mutable=["cache"]
+        )
     else:
         encoded_BxSxD = model.apply(
-            {"params": params}, encoder_tokens, encoder_mask, method="encode")
+            {"params": params}, encoder_tokens, encoder_mask, method="encode"
+        )
         decoder = lambda variables, toks_BxT: model.apply(
-            variables, encoded_BxSxD, toks_BxT, encoder_mask=encoder_mask, decode=True,
-            method="decode", mutable=["cache"])
+            variables,
+            encoded_BxSxD,
+            toks_BxT,
+            encoder_mask=encoder_mask,
+            decode=True,
+            method="decode",
+            mutable=["cache"],
+        )
     # A call without a cache creates one sized by its input: prompt + new tokens.
     _, state = decoder({"params": params}, jnp.zeros((B, P + max_new_tokens), jnp.int32))
     logits_BxPxV, state = decoder({"params": params, **state}, prompt_BxP)

@@ -1,10 +1,9 @@
 """Attention math against float64 numpy references; masks, RoPE, T5 relative buckets."""
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from lm.nn import attention as A
 
@@ -68,19 +67,23 @@ def test_dot_impl_refuses_attention_dropout():
 
 
 def test_attention_dropout_zeroes_or_rescales_probabilities_unbiased():
-    # v = identity over (S, H) makes the output the attention probabilities themselves.
-    q, k, _ = random_qkv(4, S=8, H=8)
-    v = np.broadcast_to(np.eye(8, dtype=np.float32)[None, :, None, :], (2, 8, 4, 8))
-    probs = np.asarray(A.attention(q, k, v, scale=0.5))
-    sample = jax.vmap(
-        lambda key: A.attention(q, k, v, scale=0.5, dropout_rate=0.5, dropout_rng=key)
+    # v = identity over (S, H) makes the output the attention probabilities themselves;
+    # n copies of one example in a batch draw n independent dropout masks.
+    n = 1000
+    q, k, _ = random_qkv(4, B=1, S=8, H=8)
+    q, k = np.repeat(q, n, axis=0), np.repeat(k, n, axis=0)
+    v = np.broadcast_to(np.eye(8, dtype=np.float32)[None, :, None, :], (n, 8, 4, 8))
+    probs = np.asarray(A.attention(q[:1], k[:1], v[:1], scale=0.5))[0]
+    dropped = np.asarray(
+        A.attention(q, k, v, scale=0.5, dropout_rate=0.5, dropout_rng=jax.random.key(0))
     )
-    dropped = np.asarray(sample(jax.random.split(jax.random.key(0), 1000)))
     kept = dropped != 0
     assert 0.45 < kept.mean() < 0.55
-    np.testing.assert_allclose(dropped[kept], np.broadcast_to(2 * probs, dropped.shape)[kept], rtol=1e-5)
+    np.testing.assert_allclose(
+        dropped[kept], np.broadcast_to(2 * probs, dropped.shape)[kept], rtol=1e-5
+    )
     # Each element's mean over n samples has std p / sqrt(n): allow 5 of them.
-    np.testing.assert_allclose(dropped.mean(0), probs, rtol=5 / np.sqrt(1000), atol=1e-7)
+    np.testing.assert_allclose(dropped.mean(0), probs, rtol=5 / np.sqrt(n), atol=1e-7)
 
 
 def test_masks_match_their_definitions():
@@ -120,11 +123,15 @@ def test_relative_position_bucket_matches_hugging_face(bidirectional, num_bucket
 
     rel = np.arange(-600, 601)
     want = T5Attention._relative_position_bucket(
-        torch.tensor(rel), bidirectional=bidirectional, num_buckets=num_buckets,
+        torch.tensor(rel),
+        bidirectional=bidirectional,
+        num_buckets=num_buckets,
         max_distance=max_distance,
     ).numpy()
     got = A.relative_position_bucket(
-        jnp.asarray(rel, jnp.int32), bidirectional=bidirectional, num_buckets=num_buckets,
+        jnp.asarray(rel, jnp.int32),
+        bidirectional=bidirectional,
+        num_buckets=num_buckets,
         max_distance=max_distance,
     )
     np.testing.assert_array_equal(np.asarray(got), want)

@@ -4,11 +4,10 @@ import dataclasses
 import functools
 
 import flax.linen as nn
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from lm.generate import generate
 from lm.models import ModelConfig, build, model_config
@@ -33,7 +32,8 @@ def inputs(cfg, seed=0):
 @functools.cache
 def init(cfg, seed=0):
     return jax.jit(lambda key: nn.unbox(build(cfg).init(key, *inputs(cfg)))["params"])(
-        jax.random.key(seed))
+        jax.random.key(seed)
+    )
 
 
 @functools.cache
@@ -106,11 +106,23 @@ def test_gpt2_base_has_124m_params():
     "family,overrides",
     [
         ("gpt", {}),
-        ("gpt", dict(tie_embeddings=False, position="rope", num_kv_heads=2, gated=True,
-                     activation="silu", norm="rmsnorm", use_bias=False)),
+        (
+            "gpt",
+            dict(
+                tie_embeddings=False,
+                position="rope",
+                num_kv_heads=2,
+                gated=True,
+                activation="silu",
+                norm="rmsnorm",
+                use_bias=False,
+            ),
+        ),
         ("t5", {}),
-        ("t5", dict(tie_embeddings=False, gated=True, activation="gelu_tanh",
-                    num_decoder_layers=3)),
+        (
+            "t5",
+            dict(tie_embeddings=False, gated=True, activation="gelu_tanh", num_decoder_layers=3),
+        ),
         ("bert", dict(num_labels=1)),
     ],
 )
@@ -119,8 +131,13 @@ def test_shapes(family, overrides):
     variables = jax.eval_shape(lambda: build(cfg).init(jax.random.key(0), *inputs(cfg)))
     out = jax.eval_shape(lambda v: build(cfg).apply(v, *inputs(cfg)), variables)
     if family == "bert":
-        want = dict(hidden=(B, T, 64), pooled=(B, 64), mlm_logits=(B, T, V), nsp_logits=(B, 2),
-                    logits=(B, 1))
+        want = dict(
+            hidden=(B, T, 64),
+            pooled=(B, 64),
+            mlm_logits=(B, T, V),
+            nsp_logits=(B, 2),
+            logits=(B, 1),
+        )
         assert {k: v.shape for k, v in out.items()} == want
     else:
         assert out.shape == (B, inputs(cfg)[-1].shape[1], V) and out.dtype == jnp.float32
@@ -129,9 +146,7 @@ def test_shapes(family, overrides):
         assert layers["mlp"]["wo"]["kernel"].shape == (cfg.decoder_layers, cfg.d_ff, 64)
 
 
-@pytest.mark.parametrize(
-    "cfg", [tiny("gpt"), tiny("t5", tie_embeddings=False, gated=True), tiny("bert", num_labels=3)]
-)
+@pytest.mark.parametrize("cfg", [tiny("gpt"), tiny("bert", num_labels=3)])  # t5: below
 def test_outputs_are_finite(cfg):
     kwargs = dict(token_type_ids=jnp.ones((B, T), jnp.int32)) if cfg.family == "bert" else {}
     out = apply(cfg, init(cfg), *inputs(cfg), **kwargs)
@@ -149,11 +164,14 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 def test_dropout_is_random_in_training_and_off_in_eval():
     cfg = tiny("bert", num_labels=3)
     params = init(cfg)
-    train = [apply(cfg, params, tokens(), deterministic=False, rngs={"dropout": jax.random.key(i)})
-             for i in range(2)]
+    train = [
+        apply(cfg, params, tokens(), deterministic=False, rngs={"dropout": jax.random.key(i)})
+        for i in range(2)
+    ]
     assert not np.allclose(train[0]["hidden"], train[1]["hidden"])
-    np.testing.assert_array_equal(apply(cfg, params, tokens())["hidden"],
-                                  apply(cfg, params, tokens())["hidden"])
+    np.testing.assert_array_equal(
+        apply(cfg, params, tokens())["hidden"], apply(cfg, params, tokens())["hidden"]
+    )
 
 
 # ----------------------------------------------------------------------------- causality
@@ -171,8 +189,11 @@ def jacobian_wrt_decoder_embeddings(cfg, params, toks, call):
     def f(delta_TxD):
         def add_delta(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
-            is_decoder_lookup = (context.module.name == "token_embed"
-                                 and context.method_name == "__call__" and out.shape[1] == n)
+            is_decoder_lookup = (
+                context.module.name == "token_embed"
+                and context.method_name == "__call__"
+                and out.shape[1] == n
+            )
             return out + delta_TxD if is_decoder_lookup else out
 
         with nn.intercept_methods(add_delta):
@@ -237,8 +258,9 @@ def test_gpt_packed_documents_equal_separate_runs_and_ignore_padding():
     out = apply(cfg, params, packed, segment_ids=segment_ids, positions=positions)
     np.testing.assert_allclose(out[:, :3], apply(cfg, params, doc_a), atol=1e-5)
     np.testing.assert_allclose(out[:, 3:7], apply(cfg, params, doc_b), atol=1e-5)
-    other_pad = apply(cfg, params, packed.at[0, 7].set(9), segment_ids=segment_ids,
-                      positions=positions)
+    other_pad = apply(
+        cfg, params, packed.at[0, 7].set(9), segment_ids=segment_ids, positions=positions
+    )
     np.testing.assert_allclose(out[:, :7], other_pad[:, :7], atol=1e-6)
 
 
@@ -255,20 +277,44 @@ def test_jit_equals_no_jit():
 
 def restack(params):
     """Unrolled params -> scanned params, for every stack in the tree."""
-    return {k: stack_layers(v, sum(n.startswith("layers_") for n in v))
-            if k in ("encoder", "decoder") else v for k, v in params.items()}
+    return {
+        k: stack_layers(v, sum(n.startswith("layers_") for n in v))
+        if k in ("encoder", "decoder")
+        else v
+        for k, v in params.items()
+    }
 
 
-@pytest.mark.parametrize("family", ["t5"])  # both stack kinds; the unrolled GPT runs below
-def test_scan_equals_unrolled(family):
-    unrolled = tiny(family, scan_layers=False)
-    params = init(unrolled)
-    assert "layers_1" in params["encoder" if family == "bert" else "decoder"]
-    scanned = unrolled.replace(scan_layers=True)
-    a = apply(unrolled, params, *inputs(unrolled))
-    b = apply(scanned, restack(params), *inputs(scanned))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(x, y, atol=1e-5)
+# One T5 variant for the code-path tests: grouped-query, gated GELU, untied head (v1.1).
+T5_VARIANT = tiny(
+    "t5",
+    num_kv_heads=2,
+    gated=True,
+    activation="gelu_tanh",
+    tie_embeddings=False,
+    scan_layers=False,
+)
+ENCODER_MASK = jnp.array([[1] * T, [1] * 5 + [0] * 3])
+
+
+def t5_forward(cfg, params):
+    return apply(cfg, params, *inputs(cfg), encoder_mask=ENCODER_MASK)
+
+
+def test_scan_equals_unrolled():
+    params = init(T5_VARIANT)
+    assert "layers_1" in params["encoder"] and "layers_1" in params["decoder"]
+    unrolled = t5_forward(T5_VARIANT, params)
+    assert np.isfinite(unrolled).all()
+    scanned = t5_forward(T5_VARIANT.replace(scan_layers=True), restack(params))
+    np.testing.assert_allclose(unrolled, scanned, atol=1e-5)
+
+
+def test_xla_and_dot_attention_agree():
+    """T5 exercises every mask: bias, encoder padding, causal, cross-attention."""
+    params = init(T5_VARIANT)
+    dot = t5_forward(T5_VARIANT.replace(attention_impl="dot"), params)
+    np.testing.assert_allclose(t5_forward(T5_VARIANT, params), dot, atol=1e-5)
 
 
 @pytest.mark.parametrize("policy", ["full"])
@@ -287,36 +333,21 @@ def test_remat_equals_no_remat_values_and_gradients(policy):
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["t5"])  # bias, padding, causal and cross masks
-def test_xla_and_dot_attention_agree(family):
-    cfg = tiny(family, num_kv_heads=2)
-    params = init(cfg)
-    kwargs = {}
-    if family == "bert":
-        kwargs = dict(input_mask=jnp.array([[1] * T, [1] * 6 + [0] * 2]))
-    if family == "t5":
-        kwargs = dict(encoder_mask=jnp.array([[1] * T, [1] * 6 + [0] * 2]))
-    a = apply(cfg, params, *inputs(cfg), **kwargs)
-    b = apply(cfg.replace(attention_impl="dot"), params, *inputs(cfg), **kwargs)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(x, y, atol=1e-5)
-
-
 def decode_incrementally(cfg, params, toks, prefill, *, context=(), method=None):
     """Prefill `prefill` tokens, then one token at a time; logits of every step."""
     model = build(cfg)
-    cache = jax.jit(lambda key: model.init(key, *context, toks, decode=True, method=method))(
-        jax.random.key(0))["cache"]
 
     @jax.jit
-    def step(cache, chunk):
-        variables = {"params": params, "cache": cache}
-        return model.apply(variables, *context, chunk, decode=True, method=method,
-                           mutable=["cache"])
+    def step(variables, chunk):
+        return model.apply(
+            variables, *context, chunk, decode=True, method=method, mutable=["cache"]
+        )
 
+    _, state = step({"params": params}, toks)  # no cache yet: creates one, sized by toks
+    cache = state["cache"]
     outs = []
-    for chunk in [toks[:, :prefill]] + [toks[:, t:t + 1] for t in range(prefill, toks.shape[1])]:
-        out, mutated = step(cache, chunk)
+    for chunk in [toks[:, :prefill]] + [toks[:, t : t + 1] for t in range(prefill, toks.shape[1])]:
+        out, mutated = step({"params": params, "cache": cache}, chunk)
         cache = mutated["cache"]
         outs.append(out)
     return jnp.concatenate(outs, axis=1)
@@ -333,16 +364,15 @@ def test_gpt_kv_cache_decoding_equals_full_forward(overrides):
 
 
 def test_t5_kv_cache_decoding_equals_full_forward():
-    cfg = tiny("t5", num_kv_heads=2)
-    params = init(cfg)
-    enc, dec = tokens(0), tokens(1, (B, 6))
-    enc_mask = jnp.array([[1] * T, [1] * 5 + [0] * 3])
-    full = apply(cfg, params, enc, dec, encoder_mask=enc_mask)
-    encoded = apply(cfg, params, enc, enc_mask, method="encode")
+    cfg = T5_VARIANT.replace(scan_layers=True)
+    params = restack(init(T5_VARIANT))
+    enc, dec = inputs(cfg)
+    encoded = apply(cfg, params, enc, ENCODER_MASK, method="encode")
     step = lambda mdl, encoded, chunk, decode: mdl.decode(
-        encoded, chunk, encoder_mask=enc_mask, decode=decode)
+        encoded, chunk, encoder_mask=ENCODER_MASK, decode=decode
+    )
     got = decode_incrementally(cfg, params, dec, 2, context=(encoded,), method=step)
-    np.testing.assert_allclose(got, full, atol=1e-5)
+    np.testing.assert_allclose(got, t5_forward(cfg, params), atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["gpt"])  # T5 decoding is checked by the KV-cache test
@@ -356,3 +386,26 @@ def test_greedy_generation_matches_argmax_of_full_forward(family):
     full = jnp.concatenate([prompt, new], axis=1)[:, :-1]
     logits = apply(cfg, params, *((enc,) if family == "t5" else ()), full)
     np.testing.assert_array_equal(jnp.argmax(logits[:, -n:], -1), new)
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "t5"])
+def test_traces_under_a_mesh_with_logical_rules(family):
+    """Every param's logical names match its rank, and the activation constraints apply."""
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    rules = [
+        ("batch", "data"),
+        ("embed", "data"),
+        ("mlp", "model"),
+        ("heads", "model"),
+        ("kv_heads", "model"),
+        ("vocab", "model"),
+    ]
+    cfg = tiny(family, num_kv_heads=2, remat_policy="dots_saveable")
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        variables = jax.eval_shape(build(cfg).init, jax.random.key(0), *inputs(cfg))
+        jax.eval_shape(lambda v: build(cfg).apply(v, *inputs(cfg)), variables)
+    boxed = jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert all(len(x.names) == x.value.ndim for x in boxed)
+    assert len(boxed) == len(jax.tree.leaves(variables))

@@ -107,7 +107,7 @@ def test_data_parallel_matches_single_device(single_device, tmp_path):
 @pytest.mark.slow
 def test_data_fsdp_tensor_2x2x2_matches_single_device(single_device):
     results = multiproc.run("tests.test_sharding:train_losses", 8,
-                            kwargs={"mesh": {"data": 2, "fsdp": 2, "tensor": 2}}, timeout=300)
+                            kwargs={"mesh": {"data": 2, "fsdp": 2, "tensor": 2}}, timeout=480)
     layers, d_model, d_ff = results[0]["wi_shape"]
     for r in results:
         np.testing.assert_allclose(r["losses"], single_device["losses"], rtol=1e-5)

@@ -7,13 +7,14 @@ import pathlib
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 import scipy.special
 
 from lm import data, models
-from lm.train import checkpoint, cli, losses, mfu, step, tasks, train
+from lm.train import checkpoint, cli, losses, mfu, step, tasks, train, windows
 from lm.train import config as config_lib
 from lm.train.state import TrainState
 
@@ -37,6 +38,38 @@ def test_cross_entropy_and_squared_error_match_float64_numpy():
     mse = losses.squared_error(preds, targets, np.array([1.0, 1, 0, 1]))
     np.testing.assert_allclose(mse["loss"][0], ((preds - targets) ** 2)[[0, 1, 3]].sum(),
                                rtol=1e-6)
+
+
+def test_classification_eval_adds_glue_metrics_over_real_rows():
+    """MRPC: accuracy from the loss sums and F1 from the host metrics, vs sklearn."""
+    import sklearn.metrics
+
+    model_cfg = models.model_config("bert", "tiny", num_labels=2, heads=())
+    task = tasks.get_task("classification", model_cfg)
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(2, 6, 2)), rng.integers(0, 2, size=(2, 6))
+    weights = np.ones((2, 6), np.float32)
+    weights[1, 4:] = 0  # eval padding rows
+    host = task.host_metrics(ml_collections.ConfigDict({"task": "mrpc"}))
+    sums = None
+    for i in range(2):
+        batch = dict(labels=labels[i], example_weights=weights[i])
+        out = {"logits": jnp.asarray(logits[i], jnp.float32)}
+        batch_sums = tasks.metric_sums(task, out, batch)
+        sums = batch_sums if sums is None else losses.add_sums(sums, batch_sums)
+        host.add(*tasks.host_outputs(task, out, batch))
+    real = weights.ravel() > 0
+    preds, truth = logits.reshape(-1, 2).argmax(-1)[real], labels.ravel()[real]
+    np.testing.assert_allclose(tasks.summarize(task, sums)["accuracy"],
+                               sklearn.metrics.accuracy_score(truth, preds), rtol=1e-6)
+    np.testing.assert_allclose(host.compute()["f1"], sklearn.metrics.f1_score(truth, preds))
+    # STS-B (num_labels 1): mean squared error over the real rows.
+    regression = tasks.get_task("classification", model_cfg.replace(num_labels=1))
+    scores, targets = rng.normal(size=(6, 1)), rng.uniform(0, 5, size=6)
+    mse = tasks.summarize(regression, tasks.metric_sums(
+        regression, {"logits": scores}, dict(labels=targets, example_weights=weights[1])))
+    np.testing.assert_allclose(mse["loss"], np.mean((scores[:4, 0] - targets[:4]) ** 2),
+                               rtol=1e-5)
 
 
 # --------------------------------------------------------------------- gradient accumulation
@@ -89,6 +122,29 @@ def test_grad_accumulation_equals_one_big_batch(k=4):
     whole = jax.tree.map(np.subtract, params, one.params)  # sgd(1): params - update = grads
     gap = max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), naive, whole)))
     assert gap > 1e-3
+
+
+# ----------------------------------------------------------- nanoGPT's random windows
+
+def test_random_windows_sample_the_stream_and_resume():
+    tokens = np.arange(100, dtype=np.int32)  # token t is followed by t + 1
+    make = lambda batch_size=3, **kw: windows.RandomWindows(
+        tokens, seq_len=8, batch_size=batch_size, seed=0, process_index=0, process_count=1, **kw)
+    it = make(num_epochs=None)
+    batches = [next(it) for _ in range(5)]
+    for b in batches:
+        np.testing.assert_array_equal(b["targets"], b["inputs"] + 1)  # contiguous windows
+        assert b["inputs"].shape == (3, 8) and b["weights"].min() == 1
+    starts = np.concatenate([b["inputs"][:, 0] for b in batches])
+    assert len(set(starts.tolist())) > 5 and starts.max() <= 100 - 9
+    it.set_state({"index": 3})
+    np.testing.assert_array_equal(next(it)["inputs"], batches[3]["inputs"])
+
+    # Eval: consecutive windows cover the stream once; the last batch is padded with weight 0.
+    once = list(make(batch_size=5, num_epochs=1))
+    real = np.concatenate([b["inputs"][b["weights"][:, 0] > 0] for b in once])
+    np.testing.assert_array_equal(real.ravel(), tokens[:12 * 8])  # 12 full windows of 8 (+1)
+    assert len(once) == 3 and once[-1]["weights"][:, 0].tolist() == [1, 1, 0, 0, 0]
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -191,7 +247,7 @@ def test_tokenizer_larger_than_model_vocab_is_an_error(tmp_path):
 
 
 def test_missing_data_is_an_error(tmp_path):
-    with pytest.raises(Exception, match="no_such_dataset"):
+    with pytest.raises(FileNotFoundError, match="'no_such_dataset' is not prepared"):
         train(_shakespeare(**{"data.name": "no_such_dataset"}), str(tmp_path), quiet=True)
 
 
@@ -220,6 +276,11 @@ def test_overrides_parse_to_the_field_type():
     assert (config.train.steps, config.train.lr, config.train.eval_at_start) == (12, 3e-4, True)
     assert config.model.heads == () and config.model.num_kv_heads == 2
     assert config.data.eval_split == "test"
+    # Fields an experiment derives lazily (FieldReferences) follow the overridden values.
+    derived = _shakespeare()
+    derived.train.epochs = 2
+    derived.train.steps = derived.train.get_ref("epochs") * 10
+    assert config_lib.apply_overrides(derived, {"train.epochs": "3"}).train.steps == 30
     arg = config_lib.parse_arg("base,nsp=False", size="tiny", nsp=True)
     assert (arg.size, arg.nsp) == ("base", False)
     with pytest.raises(ValueError, match="unknown experiment arg 'nps'"):

@@ -55,7 +55,9 @@ class BERT(nn.Module):
             nsp = dense(cfg, 2, ("embed", "classes"), "nsp", use_bias=True)
             out["nsp_logits"] = nsp(pooled_BxD).astype(jnp.float32)
         if cfg.num_labels:
-            classifier = dense(cfg, cfg.num_labels, ("embed", "classes"), "classifier", use_bias=True)
+            classifier = dense(
+                cfg, cfg.num_labels, ("embed", "classes"), "classifier", use_bias=True
+            )
             out["logits"] = classifier(drop(pooled_BxD)).astype(jnp.float32)
         return out
 
@@ -64,5 +66,7 @@ class BERT(nn.Module):
         cfg = self.cfg
         transform = dense(cfg, cfg.d_model, ("embed", "mlp"), "mlm_transform", use_bias=True)
         h_BxTxD = norm(cfg, "mlm_norm")(ACTIVATIONS[cfg.activation](transform(hidden_BxTxD)))
-        bias_V = self.param("mlm_bias", param_init(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,))
+        bias_V = self.param(
+            "mlm_bias", param_init(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,)
+        )
         return logits(h_BxTxD, table_VxD, cfg.dtype) + bias_V

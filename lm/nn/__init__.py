@@ -1,0 +1,1 @@
+"""Flax (linen) building blocks: attention, layers, transformer stacks, partitioning."""

@@ -12,7 +12,6 @@ a model, then passed down; an additive bias (T5 relative positions) is (B|1, N, 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import flax.linen as nn
@@ -227,6 +226,8 @@ class MultiHeadAttention(nn.Module):
         k_BxSxKxH = self._project(x_kv_BxSxD, K, "kv_heads", "key")
         v_BxSxKxH = self._project(x_kv_BxSxD, K, "kv_heads", "value")
         if is_self and cfg.position == "rope":
+            if positions_BxT is None:
+                raise ValueError("position='rope' needs positions_BxT for self-attention")
             q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
             k_BxSxKxH = apply_rope(k_BxSxKxH, positions_BxT, cfg.rope_theta)
         if is_self and self.decode:
@@ -244,14 +245,19 @@ class MultiHeadAttention(nn.Module):
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
         )
         out_BxTxNxH = constrain(out_BxTxNxH, ("batch", "length", "heads", "head_dim"))
-        out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", axis=(-2, -1))
-        return constrain(out(out_BxTxNxH), ("batch", "length", "embed"))
+        out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", in_axes=2)
+        out_BxTxD = out(out_BxTxNxH)
+        return constrain(out_BxTxD, ("batch", "length", "embed"))
 
     def _project(self, x_BxTxD: jax.Array, heads: int, head_axis: str, name: str) -> jax.Array:
-        layer = dense(self.cfg, (heads, self.cfg.dim_per_head), ("embed", head_axis, "head_dim"), name)
+        layer = dense(
+            self.cfg, (heads, self.cfg.dim_per_head), ("embed", head_axis, "head_dim"), name
+        )
         return constrain(layer(x_BxTxD), ("batch", "length", head_axis, "head_dim"))
 
-    def _update_cache(self, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array) -> Sequence[jax.Array]:
+    def _update_cache(
+        self, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         """Write this chunk's keys/values at the cache index; return the whole cache.
 
         The first (init) call only creates the cache, sized by its input length, and
@@ -264,7 +270,9 @@ class MultiHeadAttention(nn.Module):
         if not initialized:
             return k_BxTxKxH, v_BxTxKxH
         start = (0, index.value, 0, 0)
-        key.value = jax.lax.dynamic_update_slice(key.value, k_BxTxKxH.astype(key.value.dtype), start)
+        key.value = jax.lax.dynamic_update_slice(
+            key.value, k_BxTxKxH.astype(key.value.dtype), start
+        )
         value.value = jax.lax.dynamic_update_slice(
             value.value, v_BxTxKxH.astype(value.value.dtype), start
         )

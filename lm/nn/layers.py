@@ -25,27 +25,45 @@ ACTIVATIONS = {
 }
 
 
+class Dense(nn.Module):
+    """Contract the last `in_axes` axes of x with a kernel (in axes..., out axes...).
+
+    Not nn.DenseGeneral: it initialises a flattened 2-D kernel, which breaks the kernel's
+    N-D logical names under a mesh (flax 0.12).
+    """
+
+    cfg: ModelConfig
+    features: tuple[int, ...]
+    names: tuple[str | None, ...]  # the kernel's input then output axes
+    in_axes: int = 1
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        shape = x.shape[x.ndim - self.in_axes :] + self.features
+        init = param_init(nn.initializers.normal(cfg.init_std), self.names)
+        kernel = self.param("kernel", init, shape, jnp.float32)
+        y = jnp.tensordot(x.astype(cfg.dtype), kernel.astype(cfg.dtype), axes=self.in_axes)
+        if not self.use_bias:
+            return y
+        bias_init = param_init(nn.initializers.zeros, self.names[-len(self.features) :])
+        return y + self.param("bias", bias_init, self.features, jnp.float32).astype(cfg.dtype)
+
+
 def dense(
     cfg: ModelConfig,
     features: int | Sequence[int],
     names: Sequence[str | None],
     name: str,
     *,
-    axis: int | Sequence[int] = -1,
+    in_axes: int = 1,
     use_bias: bool | None = None,
-) -> nn.DenseGeneral:
-    """A (multi-axis) dense layer; `names` label the kernel's input then output axes."""
-    n_out = 1 if isinstance(features, int) else len(features)
-    return nn.DenseGeneral(
-        features,
-        axis=axis,
-        use_bias=cfg.use_bias if use_bias is None else use_bias,
-        dtype=cfg.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=param_init(nn.initializers.normal(cfg.init_std), names),
-        bias_init=param_init(nn.initializers.zeros, names[-n_out:]),
-        name=name,
-    )
+) -> Dense:
+    """A Dense layer to `features` (an int, or output axes such as (N, H))."""
+    features = (features,) if isinstance(features, int) else tuple(features)
+    use_bias = cfg.use_bias if use_bias is None else use_bias
+    return Dense(cfg, features, tuple(names), in_axes=in_axes, use_bias=use_bias, name=name)
 
 
 def embed(cfg: ModelConfig, num: int, names: Sequence[str], name: str) -> nn.Embed:
@@ -64,9 +82,7 @@ def norm(cfg: ModelConfig, name: str) -> nn.Module:
     """LayerNorm (GPT-2, BERT) or RMSNorm (T5: no mean subtraction, no bias)."""
     scale_init = param_init(nn.initializers.ones, ("embed",))
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(
-            epsilon=cfg.norm_eps, dtype=cfg.dtype, scale_init=scale_init, name=name
-        )
+        return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.dtype, scale_init=scale_init, name=name)
     return nn.LayerNorm(
         epsilon=cfg.norm_eps,
         dtype=cfg.dtype,

@@ -1,9 +1,9 @@
 """Per data objective: how a batch feeds the model and which losses and metrics come out.
 
-A task is data, not code paths: which batch keys feed the model, and loss terms. Each term names the
-model output it scores, the batch key with its labels, and its per-item weights. The loss is
-the sum over terms of (Σ weight·loss) / (Σ weight over the WHOLE batch), which is what makes
-gradient accumulation exact (step.py).
+A task is data, not code paths: which batch keys feed the model, and its loss terms. Each
+term names the model output it scores, the batch key with its labels, and its per-item
+weights. The loss is the sum over terms of (Σ weight·loss) / (Σ weight over the WHOLE batch),
+which is what makes gradient accumulation exact (step.py).
 """
 
 import dataclasses
@@ -100,6 +100,7 @@ _MLM = Term("mlm", lambda out: out["mlm_logits"], "targets", _token_weights)
 _NSP = Term("nsp", lambda out: out["nsp_logits"], "nsp_labels", _real_rows)
 _CLASSES = Term("", lambda out: out["logits"], "labels", _example_weights)
 _REGRESSION = dataclasses.replace(_CLASSES, loss=_squared_error_1d)
+
 
 class GlueMetrics:
     """The official GLUE metrics of `data.task` (lm/metrics.py), exact over the whole split."""

@@ -6,7 +6,7 @@ that sampler, as data objective 'random_windows' with the input pipeline's inter
 (`make_iterator(...)` → numpy causal batches, get_state/set_state). Batch i is a pure
 function of (seed, process, i), so its state is just i. With `num_epochs=1` (exact eval)
 it yields consecutive non-overlapping windows covering the split once, the last batch
-padded with rows of weight 0.
+padded with rows of weight 0; otherwise it samples forever (`shuffle` has no effect).
 """
 
 import functools
@@ -34,21 +34,23 @@ class RandomWindows:
     """Iterator of {inputs, targets, weights} batches; see the module docstring."""
 
     def __init__(self, tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
-                 process_index: int, process_count: int, shuffle: bool, num_epochs: int | None):
+                 process_index: int, process_count: int, num_epochs: int | None):
         if len(tokens) <= seq_len:
             raise ValueError(f"the split has {len(tokens)} tokens: too few for windows of "
                              f"seq_len+1={seq_len + 1}")
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
-        self.random, self.once = shuffle or num_epochs is None, num_epochs == 1
-        self.index = 0
+        if num_epochs not in (None, 1):
+            raise ValueError(f"num_epochs={num_epochs}: random windows sample forever (None) "
+                             "or cover the split once (1)")
+        self.once, self.index = num_epochs == 1, 0
 
     def __iter__(self):
         return self
 
     def _starts(self) -> np.ndarray:
         """Window offsets of this process's rows of batch `self.index`."""
-        if self.random and not self.once:
+        if not self.once:
             rng = np.random.default_rng([self.seed, self.process_index, self.index])
             return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
         global_rows = np.arange(self.batch_size * self.process_count) + (
@@ -79,8 +81,8 @@ class RandomWindows:
 def make_iterator(data_cfg, tokenizer, *, split: str, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, shuffle: bool = True,
                   num_epochs: int | None = None) -> RandomWindows:
-    """Same signature as lm.data.make_iterator (CONTRACT.md)."""
+    """Same signature as lm.data.make_iterator (CONTRACT.md); `shuffle` is ignored."""
     tokens = _token_stream(data_cfg.to_json(), tokenizer, split)
     return RandomWindows(tokens, seq_len=data_cfg.seq_len, batch_size=batch_size, seed=seed,
                          process_index=process_index, process_count=process_count,
-                         shuffle=shuffle, num_epochs=num_epochs)
+                         num_epochs=num_epochs)
