@@ -1,6 +1,7 @@
-"""Finetune a BERT encoder on a GLUE task (classification or STS-B regression).
+"""python -m lm train --config experiments/finetune_glue.py:sst2 --workdir /tmp/sst2
 
-    python -m lm train --config experiments/finetune_glue.py:sst2 --workdir /tmp/sst2
+Finetune a BERT encoder on a GLUE task (classification or STS-B regression):
+
     python -m lm sweep --config experiments/finetune_glue.py:rte --workdir /tmp/rte_sweep
     python -m lm predict --workdir /tmp/sst2 --split test     # GLUE submission TSV
 
@@ -76,7 +77,7 @@ def _model_and_tokenizer(a, num_labels: int, init: ml_collections.ConfigDict):
     path = minilm_dir() if a.init == "minilm" else pathlib.Path(a.init)
     if (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
         init.hf_dir = str(path)  # an HF directory: its own model and tokenizer
-        cfg = hf.model_config(hf.read_config(path), **heads)
+        cfg = hf.config_from_hf(hf.read_config(path), **heads)
         return dataclasses.asdict(cfg), str(path / "tokenizer.json")
     if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
         init.checkpoint = str(path)  # a bert_mlm_nsp run of this project: its tokenizer
