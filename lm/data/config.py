@@ -50,6 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
             noise_density=0.15,
             mean_span_length=3.0,
         ),
+        # classification: batches of similar lengths, each cut to a power-of-two bucket
+        # (16, 32, ... seq_len), so short sentences do not pay for seq_len.
+        length_buckets=False,
         task="",  # classification: 'sst2' | 'cola' | 'mrpc' | 'rte' | 'stsb' | 'qnli' | 'wnli'
         # --- pipeline
         shuffle_buffer=1024,  # window shuffle of packed rows / instances when shuffling

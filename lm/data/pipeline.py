@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
-from lm.data import bert, packing, sources, span, tasks
+from lm.data import bert, bucketing, packing, sources, span, tasks
 from lm.data.tokenizers import Tokenizer
 
 
@@ -146,6 +146,11 @@ def make_iterator(cfg, tokenizer: Tokenizer, *, split: str, batch_size: int, see
         raise ValueError(f"unknown objective {cfg.objective!r}: one of {sorted(OBJECTIVES)}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    if cfg.objective == "classification" and cfg.length_buckets:
+        return bucketing.make_iterator(
+            cfg, tokenizer, split=split, batch_size=batch_size, seed=seed,
+            process_index=process_index, process_count=process_count, shuffle=shuffle,
+            num_epochs=num_epochs)
     read_items, build, many_rows = OBJECTIVES[cfg.objective]
     items = read_items(cfg, split)
     ids = grain.MapDataset.range(len(items))[process_index::process_count]

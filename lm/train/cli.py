@@ -43,7 +43,9 @@ def main(argv: list[str]) -> None:
         config = config_lib.apply_overrides(config_lib.load_experiment(flags.config), overrides)
     except (KeyError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e.args[0] if e.args else e}")
+    from lm import distributed
     from lm.train import train  # after parsing: a typo should not wait for jax to import
 
+    distributed.initialize()  # multi-host: from $LM_* / SLURM / TPU pod; else nothing
     result = train(config, flags.workdir, quiet=flags.quiet)
     print({k: round(v, 6) for k, v in result.items()})

@@ -1,0 +1,52 @@
+"""`python -m lm bench`: training throughput of an experiment, on its real data.
+
+    python -m lm bench --config experiments/<file>.py[:<arg>] [--steps 100] \\
+        [--config.<dotted.key>=<value> ...]
+
+Runs `steps` training steps in a scratch workdir (no eval, no checkpoint) through the real
+loop and prints steps/s, tokens/s and MFU, averaged over the logged windows after the first
+(which holds compilation).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+
+import numpy as np
+
+from lm.train import cli
+from lm.train import config as config_lib
+
+
+def summarize(records: list[dict]) -> dict[str, float]:
+    """Mean throughput over every logged window except the first (compilation)."""
+    windows = [r for r in records if "train/steps_per_s" in r][1:]
+    if not windows:
+        raise ValueError("too few logged steps to measure: raise --steps")
+    keys = ("train/steps_per_s", "train/tokens_per_s", "train/mfu")
+    return {k: float(np.mean([r[k] for r in windows])) for k in keys if k in windows[0]}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lm bench", description=__doc__)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=100)
+    flags, rest = parser.parse_known_args(argv[1:])
+    _, overrides = cli.parse(["--config", flags.config, "--workdir", "-", *rest])
+    overrides = {**overrides, "train.steps": str(flags.steps), "train.eval_every": "0",
+                 "train.log_every": str(max(flags.steps // 10, 1)),
+                 "train.checkpoint_every": str(flags.steps + 1), "train.eval_at_start": "False"}
+    try:
+        config = config_lib.apply_overrides(config_lib.load_experiment(flags.config), overrides)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e.args[0] if e.args else e}")
+    config.train.eval_steps = 1  # the loop's final eval: one batch, not the whole split
+    from lm.train import train
+
+    with tempfile.TemporaryDirectory() as workdir:
+        train(config, workdir, quiet=True)
+        lines = pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()
+    result = summarize([json.loads(line) for line in lines])
+    print(f"{flags.config}: " + "  ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in result.items()))

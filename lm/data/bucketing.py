@@ -1,0 +1,98 @@
+"""Length-bucketed classification batches: short sentences do not pay for seq_len.
+
+Each epoch's global batches are planned from the example lengths alone: shuffle, sort by
+length inside windows of `window` batches, cut into batches, shuffle the batch order (the
+recipe of tensor2tensor / fairseq bucketing). A batch is cut to the smallest bucket that
+holds its longest example, so a handful of shapes compile. The plan is the same on every
+process (each takes its rows of every global batch, so all agree on the length), and a
+batch is a pure function of its index: the iterator state is a position, as elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import grain
+import numpy as np
+
+from lm.data import tasks
+from lm.data.tokenizers import Tokenizer
+
+EPOCHS_FOREVER = 1_000_000  # "repeat forever": the plan is lazy, so the length costs nothing
+
+
+def buckets_for(seq_len: int, smallest: int = 16) -> tuple[int, ...]:
+    """Powers of two from `smallest` below seq_len, then seq_len itself."""
+    sizes = [smallest]
+    while sizes[-1] * 2 < seq_len:
+        sizes.append(sizes[-1] * 2)
+    return tuple(s for s in sizes if s < seq_len) + (seq_len,)
+
+
+def epoch_plan(lengths_N: np.ndarray, global_batch: int, *, seed: int, epoch: int,
+               shuffle: bool, window: int = 50) -> list[np.ndarray]:
+    """One epoch's global batches (example indices), each holding similar lengths."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths_N)) if shuffle else np.arange(len(lengths_N))
+    batches = []
+    for start in range(0, len(order), global_batch * window):
+        chunk = order[start:start + global_batch * window]
+        chunk = chunk[np.argsort(lengths_N[chunk], kind="stable")]
+        batches += [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def _example_length(record: dict, tok: Tokenizer, seq_len: int) -> int:
+    return min(sum(len(tok.encode(t)) for t in record["texts"]) + 1 + len(record["texts"]),
+               seq_len)
+
+
+class _Batches:
+    """Batch `i` of the plan: this process's rows, padded with weight-0 rows, cut to a bucket."""
+
+    def __init__(self, cfg, tok: Tokenizer, records, *, rows: int, process_index: int,
+                 process_count: int, seed: int, shuffle: bool):
+        self.records, self.rows, self.seed, self.shuffle = records, rows, seed, shuffle
+        self.first = process_index * rows
+        self.global_batch = rows * process_count
+        self.seq_len, self.buckets = cfg.seq_len, buckets_for(cfg.seq_len)
+        self.lengths = np.array([_example_length(r, tok, cfg.seq_len) for r in records])
+        self.per_epoch = -(-len(records) // self.global_batch)
+        self.make = functools.partial(tasks.classification_example, tok=tok,
+                                      seq_len=cfg.seq_len,
+                                      num_labels=tasks.get_task(cfg.task).num_labels)
+
+    @functools.lru_cache(maxsize=2)
+    def plan(self, epoch: int) -> list[np.ndarray]:
+        return epoch_plan(self.lengths, self.global_batch, seed=self.seed, epoch=epoch,
+                          shuffle=self.shuffle)
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        ids = self.plan(i // self.per_epoch)[i % self.per_epoch]
+        length = min(b for b in self.buckets if b >= self.lengths[ids].max())
+        mine = ids[self.first:self.first + self.rows]
+        examples = [self.make(self.records[int(j)]) for j in mine]
+        template = examples[0] if examples else self.make(self.records[0])
+        batch = {}
+        for key, value in template.items():
+            rows = [e[key] for e in examples]
+            rows += [np.zeros_like(value)] * (self.rows - len(rows))  # weight-0 padding rows
+            stacked = np.stack(rows)
+            batch[key] = stacked[:, :length] if stacked.ndim == 2 else stacked
+        return batch
+
+
+def make_iterator(cfg, tok: Tokenizer, *, split: str, batch_size: int, seed: int,
+                  process_index: int, process_count: int, shuffle: bool,
+                  num_epochs: int | None) -> grain.DatasetIterator:
+    """Bucketed batches of `batch_size` rows (this process's share of each global batch)."""
+    records = tasks.task_records(cfg, split)
+    if not len(records):
+        raise ValueError(f"split {split!r} of task {cfg.task!r} has no examples")
+    make = _Batches(cfg, tok, records, rows=batch_size, process_index=process_index,
+                    process_count=process_count, seed=seed, shuffle=shuffle)
+    ds = grain.MapDataset.range(make.per_epoch * (num_epochs or EPOCHS_FOREVER)).map(make)
+    read = grain.ReadOptions(num_threads=max(cfg.num_threads, 1), prefetch_buffer_size=4)
+    return iter(ds.to_iter_dataset(read))
