@@ -130,6 +130,7 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[ModelConfig, 
     The optimizer state comes along (orbax restores the whole saved state) and is dropped.
     """
     import jax
+
     from lm.train.checkpoint import Checkpointer
 
     ckpt = Checkpointer(workdir, every=1, keep=1)

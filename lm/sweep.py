@@ -210,6 +210,12 @@ def run_points(spec: str, workdir: str, cli_overrides: Sequence[str] = (),
         finally:
             info["wall_s"] += time.time() - start
             _write_json(info_path, info)
+        if result.get("step", config.train.steps) < config.train.steps:
+            # train() returns early only when preempted (SIGTERM/SIGINT, checkpoint saved):
+            # the point is not done, and neither is the sweep.
+            log(f"[{i + 1}/{len(points)}] {name}: stopped at step {int(result['step'])}; "
+                "run the sweep again to resume")
+            return ran
         _write_json(point_dir / DONE, {"wall_s": info["wall_s"], "result": result})
         ran.append(name)
     return ran

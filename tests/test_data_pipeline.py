@@ -10,7 +10,7 @@ import pytest
 
 from lm import paths
 from lm.data import config, make_iterator, make_tokenizer, sources
-from tests.test_data_objectives import WIKITEXT, small_sentencepiece, wikitext_cfg
+from tests.test_data_objectives import small_sentencepiece, wikitext_cfg
 
 
 @pytest.fixture(scope="session")

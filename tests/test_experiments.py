@@ -21,18 +21,6 @@ def _cases():
             yield pytest.param(path, arg, id=f"{path.stem}:{arg}")
 
 
-@pytest.fixture(scope="module")
-def sentencepiece_model(tmp_path_factory) -> str:
-    """A small vocabulary for pipeline checks (experiments train theirs into the workdir)."""
-    from lm.data import sources, tokenizers
-
-    cfg = data.default_config()
-    cfg.update(source="text", doc_separator="wikitext", files={"train": "wikitext-2/train.txt"})
-    prefix = tmp_path_factory.mktemp("spm") / "wt2_512"
-    return tokenizers.train_sentencepiece(
-        tokenizers.lines(sources.text_source(cfg, "train[:2%]")), str(prefix), vocab_size=512)
-
-
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_docstring_starts_with_the_command(path):
     doc = config_lib.load_module(path).__doc__ or ""
@@ -53,7 +41,9 @@ def test_config_builds_a_model_and_a_pipeline(path, arg, sentencepiece_model):
     make_iterator = loop.ITERATORS.get(config.data.objective) or data.make_iterator
     batch = next(make_iterator(config.data, tokenizer, split=config.data.train_split,
                                batch_size=2, seed=0))
-    assert batch["inputs"].shape == (2, config.data.seq_len)
+    rows, length = batch["inputs"].shape
+    # Classification batches may be cut to the longest example's bucket (dynamic padding).
+    assert rows == 2 and length <= config.data.seq_len
     assert all(np.shape(v)[0] == 2 for v in batch.values())
 
     task = tasks.get_task(config.data.objective, model_cfg)

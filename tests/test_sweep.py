@@ -143,3 +143,53 @@ def test_bad_override_is_a_clear_error(experiment, tmp_path):
         sweep.main(["sweep", "--config", experiment, "--workdir", str(tmp_path), "--lr=3"])
     with pytest.raises(KeyError, match="unknown config key"):
         sweep.point_config(experiment, ["--config.train.lrr=3"], {})
+
+
+def test_a_preempted_point_is_not_marked_done(experiment, tmp_path):
+    def preempted(config, workdir):  # train() returns early (checkpoint saved) on SIGTERM
+        return {"step": config.train.steps - 1}
+
+    ran = sweep.run_points(experiment, str(tmp_path / "s"), train_fn=preempted,
+                           log=lambda *_: None)
+    assert ran == [] and not list((tmp_path / "s").glob(f"*/{sweep.DONE}"))
+
+
+TINY_REAL_EXPERIMENT = '''
+import importlib.util
+from lm import sweep
+
+_spec = importlib.util.spec_from_file_location("shakespeare", "{path}")
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+
+
+def get_config(arg=None):
+    config = _mod.get_config("cpu")
+    config.model.update(num_layers=1, d_model=32, num_heads=2, d_ff=64, max_len=16)
+    config.data.seq_len = 16
+    config.train.update(steps=6, batch_size=4, warmup_steps=0, decay_steps=6, eval_every=3,
+                        eval_steps=2, log_every=1, checkpoint_every=3, eval_at_start=False)
+    return config
+
+
+def get_sweep(arg=None):
+    return sweep.product(**{{"train.lr": [1e-2, 1e-3], "train.seed": [0, 1]}})
+'''
+
+
+def test_real_2x2_sweep_end_to_end(tmp_path):
+    """A 2×2 sweep of a tiny real experiment (the trainer, not a fake) writes every result."""
+    from lm.paths import REPO
+
+    path = tmp_path / "tiny_experiment.py"
+    path.write_text(TINY_REAL_EXPERIMENT.format(
+        path=REPO / "experiments" / "gpt_shakespeare_char.py"))
+    workdir = tmp_path / "sweep"
+    sweep.main(["sweep", "--config", str(path), "--workdir", str(workdir)])
+    for name in ("results.csv", "results.md", "results.png"):
+        assert (workdir / name).stat().st_size > 0, name
+    rows = list(csv.DictReader(open(workdir / "results.csv")))
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    assert len(list(workdir.glob(f"*/{sweep.DONE}"))) == 4
+    # Everything is done: running again trains nothing.
+    assert sweep.run_points(str(path), str(workdir), log=lambda *_: None) == []

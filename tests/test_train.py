@@ -13,7 +13,7 @@ import optax
 import pytest
 import scipy.special
 
-from lm import data, models
+from lm import models
 from lm.train import checkpoint, cli, losses, mfu, step, tasks, train, windows
 from lm.train import config as config_lib
 from lm.train.state import TrainState
@@ -148,18 +148,6 @@ def test_random_windows_sample_the_stream_and_resume():
 
 
 # ---------------------------------------------------------------------------- end to end
-
-@pytest.fixture(scope="module")
-def sentencepiece_model(tmp_path_factory) -> str:
-    """A 512-piece vocabulary of 2% of WikiText-2 train (seconds to train)."""
-    cfg = data.default_config()
-    cfg.update(source="text", doc_separator="wikitext", files={"train": "wikitext-2/train.txt"})
-    from lm.data import sources, tokenizers
-
-    prefix = tmp_path_factory.mktemp("spm") / "wt2_512"
-    return tokenizers.train_sentencepiece(
-        tokenizers.lines(sources.text_source(cfg, "train[:2%]")), str(prefix), vocab_size=512)
-
 
 TINY_RUN = {  # few steps of small batches: a smoke run that still learns
     "train.steps": "25", "train.log_every": "1", "train.eval_every": "0", "train.eval_steps": "2",

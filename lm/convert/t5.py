@@ -5,7 +5,6 @@ relative-position bias table per stack, stored in the first block's self-attenti
 """
 
 from lm.convert.common import (
-    ACTIVATIONS,
     Path,
     Rule,
     attention_rules,

@@ -60,14 +60,17 @@ class _Batches:
         self.seq_len, self.buckets = cfg.seq_len, buckets_for(cfg.seq_len)
         self.lengths = np.array([_example_length(r, tok, cfg.seq_len) for r in records])
         self.per_epoch = -(-len(records) // self.global_batch)
+        self._plan: tuple[int, list[np.ndarray]] = (-1, [])
         self.make = functools.partial(tasks.classification_example, tok=tok,
                                       seq_len=cfg.seq_len,
                                       num_labels=tasks.get_task(cfg.task).num_labels)
 
-    @functools.lru_cache(maxsize=2)
     def plan(self, epoch: int) -> list[np.ndarray]:
-        return epoch_plan(self.lengths, self.global_batch, seed=self.seed, epoch=epoch,
-                          shuffle=self.shuffle)
+        """The epoch's plan, kept while its batches are read (one epoch at a time)."""
+        if self._plan[0] != epoch:
+            self._plan = (epoch, epoch_plan(self.lengths, self.global_batch, seed=self.seed,
+                                            epoch=epoch, shuffle=self.shuffle))
+        return self._plan[1]
 
     def __call__(self, i: int) -> dict[str, np.ndarray]:
         ids = self.plan(i // self.per_epoch)[i % self.per_epoch]

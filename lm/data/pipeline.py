@@ -155,8 +155,9 @@ def make_iterator(cfg, tokenizer: Tokenizer, *, split: str, batch_size: int, see
     items = read_items(cfg, split)
     ids = grain.MapDataset.range(len(items))[process_index::process_count]
     if len(ids) == 0:
-        raise ValueError(f"split {split!r} of data source {cfg.source!r} ({cfg.name or dict(cfg.files)}) "
-                         f"has {len(items)} documents: nothing for process {process_index} of "
+        where = cfg.name or dict(cfg.files)
+        raise ValueError(f"split {split!r} of data source {cfg.source!r} ({where}) has"
+                         f" {len(items)} documents: nothing for process {process_index} of "
                          f"{process_count}")
     if shuffle:
         ids = ids.shuffle(seed)
