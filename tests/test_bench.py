@@ -1,0 +1,25 @@
+"""`python -m lm bench` runs the real loop and reports throughput past compilation."""
+
+import pytest
+
+from lm import bench
+
+
+def test_summary_skips_the_compile_window_and_needs_two_windows():
+    records = [{"step": 1, "train/steps_per_s": 0.1, "train/tokens_per_s": 10.0},
+               {"step": 2, "train/steps_per_s": 4.0, "train/tokens_per_s": 400.0},
+               {"step": 2, "eval/loss": 1.0},
+               {"step": 3, "train/steps_per_s": 6.0, "train/tokens_per_s": 600.0}]
+    assert bench.summarize(records) == {"train/steps_per_s": 5.0, "train/tokens_per_s": 500.0}
+    with pytest.raises(ValueError, match="raise --steps"):
+        bench.summarize(records[:1])
+
+
+def test_bench_command_prints_throughput(capsys):
+    bench.main(["bench", "--config", "experiments/gpt_shakespeare_char.py:cpu", "--steps", "20",
+                "--config.model.num_layers=1", "--config.model.d_model=32",
+                "--config.model.d_ff=64", "--config.train.batch_size=4"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    fields = dict(f.split("=") for f in line.split(": ", 1)[1].split())
+    assert float(fields["steps_per_s"]) > 0 and float(fields["tokens_per_s"]) > 0
+    assert 0 < float(fields["mfu"]) < 1
