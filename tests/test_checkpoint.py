@@ -76,6 +76,18 @@ def test_keeps_the_last_k_and_the_best(tmp_path):
     ckpt.close()
 
 
+def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `--workdir runs/x`, as the README's quick start has it
+    ckpt = checkpoint.Checkpointer("runs/x", every=1, keep=1)
+    ckpt.save(3, _state(3), {"batches": 3})
+    ckpt.close()
+    ckpt = checkpoint.Checkpointer("runs/x", every=1, keep=1)
+    state, data_state, _ = ckpt.restore(_state(0))
+    assert int(state.step) == 3 and data_state == {"batches": 3}
+    assert (tmp_path / "runs/x/checkpoints/3").is_dir()
+    ckpt.close()
+
+
 def test_restore_of_another_model_shape_names_the_parameters(tmp_path):
     ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=1)
     ckpt.save(1, _state(1, width=3), None)

@@ -15,6 +15,7 @@ loadable (half-written tmp directories are ignored and cleaned up on the next st
 import dataclasses
 import json
 import math
+import os
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -107,6 +108,8 @@ class Checkpointer:
             raise ValueError(f"checkpoint every={every} and keep={keep} must both be >= 1")
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode={best_mode!r} must be 'min' or 'max'")
+        if "://" not in workdir:  # orbax refuses relative paths (`--workdir runs/x`)
+            workdir = os.path.abspath(workdir)
         self.directory = epath.Path(workdir) / "checkpoints"
         self.every, self.best_metric = every, best_metric
         self.config = json.loads(json.dumps(dict(config or {}), default=_jsonable))
