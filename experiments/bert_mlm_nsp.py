@@ -15,8 +15,9 @@ vocabulary is trained into the workdir unless `--config.data.tokenizer.path` nam
 import dataclasses
 
 from lm.data import default_config as data_config
+from lm.data.config import WIKITEXT2
 from lm.models import model_config
-from lm.train.config import base_config, parse_arg
+from lm.train.config import base_config, parse_arg, pick
 
 ARGS = ("tiny", "base", "tiny,nsp=False", "base,nsp=False")
 
@@ -33,7 +34,7 @@ def get_config(arg: str | None = None):
     arg = parse_arg(arg, size="tiny", nsp=True)
     if arg.size not in SIZES:
         raise ValueError(f"unknown size {arg.size!r}; choose one of tiny, base")
-    size = SIZES[arg.size]
+    size = pick(SIZES, arg.size)
     config = base_config()
 
     config.model = dataclasses.asdict(model_config(
@@ -44,10 +45,7 @@ def get_config(arg: str | None = None):
 
     config.data = data_config()
     config.data.update(
-        source="text", doc_separator="wikitext",
-        files={"train": "wikitext-2/train.txt", "validation": "wikitext-2/valid.txt",
-               "test": "wikitext-2/test.txt"},
-        train_split="train", eval_split="validation",
+        **WIKITEXT2,
         objective="mlm_nsp" if arg.nsp else "mlm", seq_len=size["seq_len"],
     )
     config.data.tokenizer.update(kind="sentencepiece", path="")

@@ -15,7 +15,7 @@ import dataclasses
 
 from lm.data import default_config as data_config
 from lm.models import model_config
-from lm.train.config import base_config, parse_arg
+from lm.train.config import base_config, parse_arg, pick
 
 ARGS = ("cpu", "baby")
 
@@ -31,9 +31,7 @@ SIZES = {
 
 def get_config(arg: str | None = None):
     arg = parse_arg(arg, size="cpu")
-    if arg.size not in SIZES:
-        raise ValueError(f"unknown size {arg.size!r}; choose one of {ARGS}")
-    size = SIZES[arg.size]
+    size = pick(SIZES, arg.size)
     config = base_config()
 
     config.model = dataclasses.asdict(model_config(

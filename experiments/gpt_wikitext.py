@@ -16,8 +16,9 @@ Sizes: `tiny` (CPU, minutes), `small` (6 layers × 512; one GPU), `base` (GPT-2 
 import dataclasses
 
 from lm.data import default_config as data_config
+from lm.data.config import WIKITEXT2
 from lm.models import model_config
-from lm.train.config import base_config, parse_arg
+from lm.train.config import base_config, parse_arg, pick
 
 ARGS = ("tiny", "small", "base")
 
@@ -34,9 +35,7 @@ SIZES = {
 
 def get_config(arg: str | None = None):
     arg = parse_arg(arg, size="tiny")
-    if arg.size not in SIZES:
-        raise ValueError(f"unknown size {arg.size!r}; choose one of {ARGS}")
-    size = SIZES[arg.size]
+    size = pick(SIZES, arg.size)
     config = base_config()
 
     config.model = dataclasses.asdict(model_config(
@@ -46,10 +45,7 @@ def get_config(arg: str | None = None):
 
     config.data = data_config()
     config.data.update(
-        source="text", doc_separator="wikitext",  # one document per article
-        files={"train": "wikitext-2/train.txt", "validation": "wikitext-2/valid.txt",
-               "test": "wikitext-2/test.txt"},  # relative: looked up in ../shared/data
-        train_split="train", eval_split="validation",
+        **WIKITEXT2,
         objective="causal", seq_len=size["seq_len"],
     )
     # '' = train one into the workdir with model.vocab_size pieces (see the docstring).

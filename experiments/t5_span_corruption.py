@@ -10,8 +10,9 @@ The sentencepiece vocabulary (with the 100 sentinels) is trained into the workdi
 import dataclasses
 
 from lm.data import default_config as data_config
+from lm.data.config import WIKITEXT2
 from lm.models import model_config
-from lm.train.config import base_config, parse_arg
+from lm.train.config import base_config, parse_arg, pick
 
 ARGS = ("tiny", "small", "base")
 
@@ -26,9 +27,7 @@ SIZES = {
 
 def get_config(arg: str | None = None):
     arg = parse_arg(arg, size="tiny")
-    if arg.size not in SIZES:
-        raise ValueError(f"unknown size {arg.size!r}; choose one of {ARGS}")
-    size = SIZES[arg.size]
+    size = pick(SIZES, arg.size)
     config = base_config()
 
     config.model = dataclasses.asdict(model_config(
@@ -37,10 +36,7 @@ def get_config(arg: str | None = None):
 
     config.data = data_config()
     config.data.update(
-        source="text", doc_separator="wikitext",
-        files={"train": "wikitext-2/train.txt", "validation": "wikitext-2/valid.txt",
-               "test": "wikitext-2/test.txt"},
-        train_split="train", eval_split="validation",
+        **WIKITEXT2,
         objective="span_corruption", seq_len=size["seq_len"],
     )
     config.data.tokenizer.update(kind="sentencepiece", path="")

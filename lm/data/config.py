@@ -2,6 +2,15 @@
 
 import ml_collections
 
+# WikiText-2's raw files, one document per article (relative paths are looked up in
+# ../shared/data); experiment files add `**WIKITEXT2` to their data config.
+WIKITEXT2 = dict(
+    source="text", doc_separator="wikitext",
+    files={"train": "wikitext-2/train.txt", "validation": "wikitext-2/valid.txt",
+           "test": "wikitext-2/test.txt"},
+    train_split="train", eval_split="validation",
+)
+
 
 def default_config() -> ml_collections.ConfigDict:
     """Data config: source, splits, tokenizer, objective and its options, workers."""

@@ -88,6 +88,13 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return result
 
 
+def pick(table: dict[str, Any], name: str, what: str = "size") -> Any:
+    """`table[name]`, or an error that lists the valid names."""
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(table)}")
+    return table[name]
+
+
 def load_module(path: str | pathlib.Path) -> ModuleType:
     """Import an experiment file by path (experiments/ is not a package)."""
     file = pathlib.Path(path)
