@@ -288,3 +288,18 @@ def test_gpt2_flops_use_nanogpts_parameter_count():
     assert n == 124_439_808 - 1024 * 768
     assert mfu.flops_per_token(n, num_layers=12, attn_width=768, seq_len=1024) == (
         6 * n + 12 * 12 * 768 * 1024)
+
+
+def test_throughput_counts_each_steps_own_tokens_and_skips_the_first(monkeypatch):
+    from lm.train import loop  # noqa: PLC0415
+    clock = iter([10.0, 12.0, 20.0])  # window start, first rate, second rate
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
+    meter = loop.Throughput()
+    meter.tick(999, 1e9)  # the first read starts the clock: its step is not timed
+    for tokens in (64, 32, 128):  # length-bucketed batches: each step its own size
+        meter.tick(tokens, tokens * 6.0)
+    rates = meter.rate()
+    assert rates == loop.Rates(steps=3 / 2, tokens=224 / 2, flops=224 * 6.0 / 2)
+    assert meter.rate() is None  # no step since
+    meter.tick(16, 16.0)
+    assert meter.rate() == loop.Rates(steps=1 / 8, tokens=16 / 8, flops=16 / 8)

@@ -10,6 +10,7 @@ never waits on the device except at eval and checkpoint steps.
 import functools
 import pathlib
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,10 +87,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                                         seed=t.seed, batch_size=eval_rows),
         task=task, mesh=mesh, host_metrics=task.host_metrics and task.host_metrics(config.data))
 
-    flops_per_token = mfu.model_flops_per_token(model_cfg, state.params,
-                                                example["inputs"].shape[1])
+    # Per batch length: length-bucketed batches (finetuning) change it from step to step.
+    flops_per_token = functools.cache(functools.partial(
+        mfu.model_flops_per_token, model_cfg, jax.eval_shape(lambda: state.params)))
     peak = mfu.peak_flops(jax.devices()[0], model_cfg.dtype)
-    tokens_per_step = t.batch_size * example["inputs"].shape[1]
 
     start = int(jax.device_get(state.step))
     writer = MetricsWriter(workdir, total_steps=t.steps, initial_step=start, quiet=quiet,
@@ -102,18 +103,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
 
     def read(pending, force_log: bool = False) -> None:
         """Fetch a finished step's metrics; stop on non-finite values; log every log_every."""
-        s, device_metrics = pending
+        s, device_metrics, length = pending
         values = {f"train/{k}": float(v) for k, v in jax.device_get(device_metrics).items()}
         check_finite(s, values, ckpt)
-        meter.tick()
+        tokens = t.batch_size * length  # padded positions included, as MFU counts them
+        meter.tick(tokens, tokens * flops_per_token(length))
         if force_log or s % t.log_every == 0:
-            steps_per_s = meter.rate()
-            if steps_per_s:
-                values["train/steps_per_s"] = steps_per_s
-                values["train/tokens_per_s"] = steps_per_s * tokens_per_step
+            rates = meter.rate()
+            if rates:
+                values["train/steps_per_s"] = rates.steps
+                values["train/tokens_per_s"] = rates.tokens
                 if peak:
-                    values["train/mfu"] = (values["train/tokens_per_s"] * flops_per_token
-                                           / (peak * jax.device_count()))
+                    values["train/mfu"] = rates.flops / (peak * jax.device_count())
             writer.write(s, values)
         last.update(values)
 
@@ -121,11 +122,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
         if t.eval_at_start and start == 0:
             writer.write(0, evaluate(state.params))
         for s in range(start + 1, t.steps + 1):
-            batch = sharding.host_batch_to_global(next(train_iter), mesh)
+            host_batch = next(train_iter)
+            batch = sharding.host_batch_to_global(host_batch, mesh)
             state, metrics = train_step(state, batch)
             if pending:
                 read(pending)
-            pending = (s, metrics)
+            pending = (s, metrics, host_batch["inputs"].shape[-1])
             writer.advance(s)
             stop = preemption.should_stop(s) or s == t.steps
             is_eval = (t.eval_every and s % t.eval_every == 0) or s == t.steps
@@ -233,27 +235,37 @@ def update_best(best: dict, metrics: dict, name: str, mode: str) -> None:
         best[key] = value
 
 
+class Rates(NamedTuple):
+    steps: float
+    tokens: float
+    flops: float
+
+
 class Throughput:
-    """Steps/s between host reads; a window starts at the first read after a pause (compile,
-    eval, checkpoint), so those pauses never count."""
+    """Steps, tokens and FLOPs per second between host reads; a window starts at the first
+    read after a pause (compile, eval, checkpoint), so those pauses never count."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self._start, self._count = None, 0
+        self._start, self._count, self._tokens, self._flops = None, 0, 0, 0.0
 
-    def tick(self) -> None:
+    def tick(self, tokens: int = 0, flops: float = 0.0) -> None:
+        """A step was read: the first one only starts the clock (its time is not measured)."""
         if self._start is None:
             self._start = time.perf_counter()
         else:
-            self._count += 1
+            self._count, self._tokens, self._flops = (
+                self._count + 1, self._tokens + tokens, self._flops + flops)
 
-    def rate(self) -> float | None:
-        """Steps/s since the window started (None if too few steps), and start a new one."""
+    def rate(self) -> Rates | None:
+        """Rates since the window started (None if too few steps), and start a new one."""
         if not self._count:
             return None
         now = time.perf_counter()
-        rate = self._count / max(now - self._start, 1e-9)
-        self._start, self._count = now, 0
-        return rate
+        seconds = max(now - self._start, 1e-9)
+        rates = Rates(self._count / seconds, self._tokens / seconds, self._flops / seconds)
+        self.reset()
+        self._start = now
+        return rates
