@@ -14,110 +14,71 @@ The arg is `<task>[,key=value...]`:
   lr, batch, epochs   the BERT paper's recipe (defaults 2e-5, 32, 3)
   train  the training split, e.g. 'train[:10%]'
   sweep  bert (lr {5e-5,4e-5,3e-5,2e-5} × batch {16,32} × epochs {2,3,4}) | lr (3 lrs)
-Training steps, per-epoch evaluation and warmup follow train.batch_size and train.epochs
-lazily, so overriding either (on the command line or in a sweep) keeps them consistent.
+
+Nothing is read here: at start-up the trainer takes the architecture and tokenizer from the
+init source and counts the train split, then sets train.steps_per_epoch and train.steps =
+epochs × steps_per_epoch; warmup (10%) and the per-epoch evaluation follow them, so
+`--config.train.batch_size=16` or `--config.train.epochs=2` keep everything consistent.
 """
 
-import dataclasses
-import json
-import pathlib
+import os
 
-import ml_collections
+from lm.config import Sweep, base_config, model_fields, parse_arg, pick, product
+from lm.data import glue
 
-from lm import metrics, sweep
-from lm.train import config as config_lib
-
-# GLUE tasks with a TFDS copy in ../shared/tfds; the others are read from the GLUE TSVs in
-# ../shared/data/glue (lm.data.tasks knows their folders and columns).
-TFDS_TASKS = ("sst2", "cola", "rte", "stsb", "wnli")
+ARGS = ("sst2", "cola", "mrpc", "rte", "stsb", "wnli")  # the tasks with a train split here
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = config_lib.parse_arg(arg, task="sst2", init="minilm", size="tiny", lr=2e-5, batch=32,
-                             epochs=3, train="train", seq_len=128, sweep="bert")
-    spec = metrics.task_metrics(a.task)
-    config = config_lib.base_config()
-    config.model, tokenizer_path = _model_and_tokenizer(a, spec.num_labels, config.init)
-    config.data = _data_config(a, tokenizer_path)
+def _arg(arg: str | None):
+    return parse_arg(arg, task="sst2", init="minilm", size="tiny", lr=2e-5, batch=32,
+                     epochs=3, train="train", seq_len=128, sweep="bert")
+
+
+def get_config(arg: str | None = None):
+    a = _arg(arg)
+    task = glue.get(a.task)
+    config = base_config()
+    # The architecture comes from the init source; these free fields are this run's.
+    # (init=random trains a fresh `size` BERT with MiniLM's 30,522-piece vocabulary.)
+    config.model = model_fields("bert", a.size, vocab_size=30522, max_len=max(a.seq_len, 128),
+                                num_labels=task.num_labels, heads=(), dropout_rate=0.1,
+                                attention_dropout_rate=0.1)
+    if a.init == "minilm":
+        config.init.hf_dir = "minilm"
+    elif a.init != "random":  # a directory: a run of this project, or a Hugging Face one
+        is_run = os.path.isdir(os.path.join(a.init, "checkpoints"))
+        config.init["checkpoint" if is_run else "hf_dir"] = a.init
+
+    d = config.data
+    d.objective, d.task, d.seq_len = "classification", a.task, a.seq_len
+    d.source = "glue"  # TFDS's glue/<task> when prepared, else the GLUE TSV files
+    d.train_split, d.eval_split = a.train, "validation"
+    # '' = the init source's tokenizer (its tokenizer.json, or the run's own vocabulary).
+    d.tokenizer.update(kind="wordpiece", path="minilm" if a.init == "random" else "",
+                       vocab_multiple=1)  # the checkpoint's embedding table fixes the vocab
+    d.length_buckets = True  # SST-2 averages ~13 word pieces: most batches cut to 16 or 32
 
     t = config.train
-    t.lr, t.batch_size, t.seed = a.lr, a.batch, 0
-    t.epochs = a.epochs  # read only by the lazy fields below
-    t.train_examples = _count_examples(config.data, a.train)  # train.split's size
-    # steps/epoch = ceil(examples / batch): e.g. SST-2 67,349 / 32 = 2,105 steps.
-    steps_per_epoch = (t.get_ref("train_examples") + t.get_ref("batch_size") - 1
-                       ) // t.get_ref("batch_size")
-    t.steps = t.get_ref("epochs") * steps_per_epoch
+    t.update(lr=a.lr, batch_size=a.batch, epochs=a.epochs, seed=0,
+             eval_steps=-1,  # the whole dev set, exactly (padding rows weigh 0)
+             eval_batch_size=64, keep_checkpoints=1,  # plus the best one
+             best_metric=f"eval/{task.main}", best_mode="max",
+             schedule="linear", min_lr=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6,
+             clip_norm=1.0, log_every=50)
+    # e.g. SST-2: ⌈67,349 / 32⌉ = 2,105 steps per epoch, set by the trainer.
     t.warmup_steps = t.get_ref("steps") // 10  # BERT: linear warmup over 10% of the steps
-    t.eval_every = steps_per_epoch  # evaluate after every epoch...
-    t.eval_steps = -1  # ...on the whole dev set, exactly (padding rows weigh 0)
-    t.eval_batch_size = 64
-    t.checkpoint_every = steps_per_epoch
-    t.keep_checkpoints = 1  # plus the best one, kept by best_metric
-    t.best_metric, t.best_mode = f"eval/{spec.main}", "max"
-    t.schedule, t.min_lr = "linear", 0.0
-    t.weight_decay, t.b1, t.b2, t.eps, t.clip_norm = 0.01, 0.9, 0.999, 1e-6, 1.0
-    t.log_every = 50
+    t.eval_every = t.get_ref("steps_per_epoch")  # evaluate and save after every epoch
+    t.checkpoint_every = t.get_ref("steps_per_epoch")
     return config
 
 
-def _model_and_tokenizer(a, num_labels: int, init: ml_collections.ConfigDict):
-    """config.model (a flat dict) and the tokenizer.json of the chosen initialisation."""
-    from lm.convert import hf, minilm_dir
-
-    heads = dict(num_labels=num_labels, heads=(), dropout_rate=0.1,
-                 attention_dropout_rate=0.1)
-    if a.init == "random":
-        from lm.models import model_config
-
-        # A fresh model still needs a vocabulary: MiniLM's uncased WordPiece (30,522 ids).
-        cfg = model_config("bert", a.size, vocab_size=30522, max_len=max(a.seq_len, 128),
-                           **heads)
-        return dataclasses.asdict(cfg), str(minilm_dir() / "tokenizer.json")
-    path = minilm_dir() if a.init == "minilm" else pathlib.Path(a.init)
-    if (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
-        init.hf_dir = str(path)  # an HF directory: its own model and tokenizer
-        cfg = hf.config_from_hf(hf.read_config(path), **heads)
-        return dataclasses.asdict(cfg), str(path / "tokenizer.json")
-    if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
-        init.checkpoint = str(path)  # a bert_mlm_nsp run of this project: its tokenizer
-        saved = json.loads((path / "config.json").read_text())
-        return {**saved["model"], **heads}, saved["data"]["tokenizer"]["path"]
-    raise ValueError(f"init={a.init!r}: expected 'minilm', 'random', an HF checkpoint "
-                     "directory (config.json + tokenizer.json) or a workdir of this project "
-                     "(config.json + checkpoints/)")
-
-
-def _data_config(a, tokenizer_path: str) -> ml_collections.ConfigDict:
-    from lm import data
-
-    d = data.default_config()
-    d.objective, d.task, d.seq_len = "classification", a.task, a.seq_len
-    d.source, d.name = ("tfds", f"glue/{a.task}") if a.task in TFDS_TASKS else ("tsv", "")
-    d.train_split, d.eval_split = a.train, "validation"
-    d.tokenizer.kind, d.tokenizer.path = "wordpiece", tokenizer_path
-    d.tokenizer.vocab_multiple = 1  # the checkpoint's embedding table fixes the vocabulary
-    d.length_buckets = True  # SST-2 averages ~13 word pieces: most batches cut to 16 or 32
-    return d
-
-
-def _count_examples(d: ml_collections.ConfigDict, split: str) -> int:
-    """Rows of `split` (0 when the task has no such split here, e.g. QNLI train)."""
-    from lm.data.tasks import task_records
-
-    try:
-        return len(task_records(d, split))
-    except FileNotFoundError:
-        return 0
-
-
-def get_sweep(arg: str | None = None) -> list[dict]:
-    a = config_lib.parse_arg(arg, task="sst2", init="minilm", size="tiny", lr=2e-5, batch=32,
-                             epochs=3, train="train", seq_len=128, sweep="bert")
-    if a.sweep == "lr":  # a quick look at the learning rate alone
-        return sweep.product(**{"train.lr": [1e-4, 5e-5, 2e-5]})
-    if a.sweep != "bert":
-        raise ValueError(f"sweep={a.sweep!r}: expected 'bert' or 'lr'")
-    # The BERT paper (Devlin et al. 2019, A.3): 4 × 2 × 3 = 24 runs per task.
-    return sweep.product(**{"train.lr": [5e-5, 4e-5, 3e-5, 2e-5],
-                            "train.batch_size": [16, 32], "train.epochs": [2, 3, 4]})
+def get_sweep(arg: str | None = None) -> Sweep:
+    a = _arg(arg)
+    grids = {
+        # The BERT paper (Devlin et al. 2019, A.3): 4 × 2 × 3 = 24 runs per task.
+        "bert": {"train.lr": [5e-5, 4e-5, 3e-5, 2e-5], "train.batch_size": [16, 32],
+                 "train.epochs": [2, 3, 4]},
+        "lr": {"train.lr": [1e-4, 5e-5, 2e-5]},  # a quick look at the learning rate alone
+    }
+    axes = pick(grids, a.sweep, what="sweep")
+    return Sweep(product(**axes), metric=f"eval/{glue.get(a.task).main}", mode="max")

@@ -13,12 +13,8 @@ run when `data.tokenizer.path` is empty. To share one between runs, train it onc
 Sizes: `tiny` (CPU, minutes), `small` (6 layers × 512; one GPU), `base` (GPT-2 124M shapes).
 """
 
-import dataclasses
-
-from lm.data import default_config as data_config
+from lm.config import base_config, model_fields, parse_arg, pick
 from lm.data.config import WIKITEXT2
-from lm.models import model_config
-from lm.train.config import base_config, parse_arg, pick
 
 ARGS = ("tiny", "small", "base")
 
@@ -38,12 +34,11 @@ def get_config(arg: str | None = None):
     size = pick(SIZES, arg.size)
     config = base_config()
 
-    config.model = dataclasses.asdict(model_config(
+    config.model = model_fields(
         "gpt", size["model"], vocab_size=8192, max_len=size["seq_len"],
         dropout_rate=size["dropout"], attention_dropout_rate=size["dropout"],
-    ))
+    )
 
-    config.data = data_config()
     config.data.update(
         **WIKITEXT2,
         objective="causal", seq_len=size["seq_len"],
@@ -52,14 +47,16 @@ def get_config(arg: str | None = None):
     config.data.tokenizer.update(kind="sentencepiece", path="")
     config.data.causal.update(add_eos=True, segment_ids=True)  # no attention across articles
 
-    config.train.update(
+    t = config.train
+    t.update(
         steps=size["steps"], batch_size=size["batch"],
         lr=size["lr"], min_lr=size["lr"] / 10, schedule="cosine",
-        warmup_steps=size["steps"] // 20,
-        b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0,
-        log_every=10, eval_every=max(size["steps"] // 6, 1),
+        b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0, log_every=10,
         eval_steps=-1 if arg.size != "tiny" else 20,  # tiny: 20 × 16 rows ≈ 40k tokens
-        checkpoint_every=max(size["steps"] // 2, 1),
         best_metric="eval/loss",
     )
+    steps = t.get_ref("steps")  # what follows moves with --config.train.steps
+    t.warmup_steps = steps // 20
+    t.eval_every = steps // 6
+    t.checkpoint_every = steps // 2
     return config

@@ -7,12 +7,8 @@ The sentencepiece vocabulary (with the 100 sentinels) is trained into the workdi
 `--config.data.tokenizer.path` names one (see experiments/gpt_wikitext.py for the command).
 """
 
-import dataclasses
-
-from lm.data import default_config as data_config
+from lm.config import base_config, model_fields, parse_arg, pick
 from lm.data.config import WIKITEXT2
-from lm.models import model_config
-from lm.train.config import base_config, parse_arg, pick
 
 ARGS = ("tiny", "small", "base")
 
@@ -30,11 +26,10 @@ def get_config(arg: str | None = None):
     size = pick(SIZES, arg.size)
     config = base_config()
 
-    config.model = dataclasses.asdict(model_config(
+    config.model = model_fields(
         "t5", size["model"], vocab_size=8192, dropout_rate=0.0, attention_dropout_rate=0.0,
-    ))
+    )
 
-    config.data = data_config()
     config.data.update(
         **WIKITEXT2,
         objective="span_corruption", seq_len=size["seq_len"],
@@ -42,15 +37,17 @@ def get_config(arg: str | None = None):
     config.data.tokenizer.update(kind="sentencepiece", path="")
     config.data.span.update(noise_density=0.15, mean_span_length=3.0)
 
-    config.train.update(
+    t = config.train
+    t.update(
         steps=size["steps"], batch_size=size["batch"],
         # AdamW in place of T5's Adafactor; linear warmup, cosine decay.
         lr=size["lr"], min_lr=size["lr"] / 10, schedule="cosine",
-        warmup_steps=size["steps"] // 20,
-        b1=0.9, b2=0.98, weight_decay=0.01, clip_norm=1.0,
-        log_every=10, eval_every=max(size["steps"] // 5, 1),
+        b1=0.9, b2=0.98, weight_decay=0.01, clip_norm=1.0, log_every=10,
         eval_steps=20 if arg.size == "tiny" else 100,
-        checkpoint_every=max(size["steps"] // 5, 1),
         best_metric="eval/loss",
     )
+    steps = t.get_ref("steps")  # what follows moves with --config.train.steps
+    t.warmup_steps = steps // 20
+    t.eval_every = steps // 5
+    t.checkpoint_every = steps // 5
     return config

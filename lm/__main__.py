@@ -1,6 +1,12 @@
-"""`python -m lm <command> ...`: a thin dispatcher; each command lives in its own module."""
+"""`python -m lm <command> ...`: a thin dispatcher; each command lives in its own module.
+
+Bad input (lm.errors.UserError: a config, data, checkpoint or command-line problem) and a
+run stopped by a non-finite loss end with a short message and exit status 1; anything else
+is a bug and keeps its traceback. `LM_DEBUG=1` shows the traceback in every case.
+"""
 
 import importlib
+import os
 import sys
 
 # command -> module exposing `main(argv: list[str]) -> None` (imported lazily: `lm tokenizer`
@@ -8,7 +14,7 @@ import sys
 COMMANDS = {
     "train": "lm.train.cli",
     "sweep": "lm.sweep",
-    "predict": "lm.finetune",
+    "predict": "lm.predict",
     "tokenizer": "lm.data.cli",
     "data": "lm.data.cli",
     "convert": "lm.convert.cli",
@@ -20,8 +26,15 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         names = ", ".join(COMMANDS)
         sys.exit(f"usage: python -m lm <command> [args]; commands: {names}")
+    from lm.errors import UserError
+
     module = importlib.import_module(COMMANDS[argv[1]])
-    module.main(argv[1:])
+    try:
+        module.main(argv[1:])
+    except (UserError, FloatingPointError) as e:
+        if os.environ.get("LM_DEBUG"):
+            raise
+        sys.exit(f"error: {e}\n(LM_DEBUG=1 shows the traceback)")
 
 
 if __name__ == "__main__":

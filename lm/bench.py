@@ -8,16 +8,13 @@ loop and prints steps/s, tokens/s and MFU, averaged over the logged windows afte
 (which holds compilation).
 """
 
-import argparse
 import json
 import pathlib
-import sys
 import tempfile
 
 import numpy as np
 
-from lm.train import cli
-from lm.train import config as config_lib
+from lm import config as config_lib
 
 
 def summarize(records: list[dict]) -> dict[str, float]:
@@ -30,20 +27,15 @@ def summarize(records: list[dict]) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lm bench", description=__doc__)
-    parser.add_argument("--config", required=True)
+    parser = config_lib.command_parser("python -m lm bench", __doc__)
     parser.add_argument("--steps", type=int, default=100)
-    flags, rest = parser.parse_known_args(argv[1:])
-    _, overrides = cli.parse(["--config", flags.config, "--workdir", "-", *rest])
+    flags, overrides = config_lib.parse_command_line(parser, argv[1:])
     overrides = {**overrides, "train.steps": str(flags.steps), "train.eval_every": "0",
-                 "train.log_every": str(max(flags.steps // 10, 1)),
-                 "train.checkpoint_every": str(flags.steps + 1), "train.eval_at_start": "False"}
-    try:
-        config = config_lib.apply_overrides(config_lib.load_experiment(flags.config), overrides)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e.args[0] if e.args else e}")
-    config.train.eval_steps = 1  # the loop's final eval: one batch, not the whole split
-    from lm.train import train
+                 "train.log_every": str(max(flags.steps // 10, 1)), "train.epochs": "0",
+                 "train.checkpoint_every": str(flags.steps + 1), "train.eval_at_start": "False",
+                 "train.eval_steps": "1"}  # the loop's final eval: one batch, not the split
+    config = config_lib.load(flags.config, overrides)
+    from lm.train.loop import train
 
     with tempfile.TemporaryDirectory() as workdir:
         train(config, workdir, quiet=True)

@@ -1,4 +1,6 @@
-"""GLUE metrics (numpy only), accumulated exactly over a whole evaluation split.
+"""Task metrics (numpy only): GLUE's, accumulated exactly over a whole evaluation split.
+
+Which metrics a task reports, and its main one, are in `lm.data.glue`.
 
 Classification tasks accumulate an integer confusion matrix (exact sums: accuracy, F1 and
 Matthews correlation are functions of it); regression (STS-B) keeps every prediction,
@@ -10,41 +12,9 @@ because Spearman's rank correlation needs the whole split at once (1,500 floats)
     acc.compute()   # {'f1': ..., 'accuracy': ...}
 """
 
-import dataclasses
-
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class TaskMetrics:
-    """What a task is scored by: `main` picks the best checkpoint / sweep point."""
-
-    num_labels: int  # 1 = regression
-    names: tuple[str, ...]
-    main: str
-
-
-# The official GLUE metrics; `main` is the one the BERT paper reports (F1 for MRPC,
-# Spearman for STS-B).
-TASKS: dict[str, TaskMetrics] = {
-    "sst2": TaskMetrics(2, ("accuracy",), "accuracy"),
-    "cola": TaskMetrics(2, ("matthews_corr", "accuracy"), "matthews_corr"),
-    "mrpc": TaskMetrics(2, ("f1", "accuracy"), "f1"),
-    "qqp": TaskMetrics(2, ("f1", "accuracy"), "f1"),
-    "rte": TaskMetrics(2, ("accuracy",), "accuracy"),
-    "qnli": TaskMetrics(2, ("accuracy",), "accuracy"),
-    "wnli": TaskMetrics(2, ("accuracy",), "accuracy"),
-    "mnli": TaskMetrics(3, ("accuracy",), "accuracy"),
-    "stsb": TaskMetrics(1, ("pearson", "spearman"), "spearman"),
-}
-
-
-def task_metrics(task: str) -> TaskMetrics:
-    """The metric table row for `task`, or a clear error naming the known tasks."""
-    if task not in TASKS:
-        raise ValueError(f"unknown GLUE task {task!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[task]
-
+from lm.data import glue
 
 # ---------------------------------------------------------------- metric functions
 
@@ -144,7 +114,7 @@ class Accumulator:
 
     def __init__(self, task: str):
         self.task = task
-        self.spec = task_metrics(task)
+        self.spec = glue.get(task)
         self.confusion = np.zeros((self.spec.num_labels,) * 2, np.int64)
         self.pairs: list[tuple[np.ndarray, np.ndarray]] = []  # regression only
 
@@ -167,10 +137,10 @@ class Accumulator:
 
     def compute(self) -> dict[str, float]:
         if self.spec.num_labels > 1:
-            return {name: _FROM_CONFUSION[name](self.confusion) for name in self.spec.names}
+            return {name: _FROM_CONFUSION[name](self.confusion) for name in self.spec.metrics}
         preds_N = np.concatenate([p for p, _ in self.pairs]) if self.pairs else np.zeros(0)
         labels_N = np.concatenate([y for _, y in self.pairs]) if self.pairs else np.zeros(0)
-        return {name: _FROM_PAIRS[name](preds_N, labels_N) for name in self.spec.names}
+        return {name: _FROM_PAIRS[name](preds_N, labels_N) for name in self.spec.metrics}
 
 
 def glue_metrics(task: str, predictions_N, labels_N, weights_N=None) -> dict[str, float]:

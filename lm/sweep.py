@@ -3,16 +3,18 @@
     python -m lm sweep --config experiments/finetune_glue.py:sst2 --workdir /tmp/sweep
         [--print_commands] [--summarize] [--config.<key>=<value> ...]
 
-Each point is a dict of dotted-key overrides and runs in `DIR/<point-name>/`, one after the
-other. A point is finished once its `DONE` marker exists (written after `train` returns);
-running the sweep again skips finished points and calls `train` again on the others, which
-resumes from their checkpoints. When all points are done it writes `DIR/results.csv`,
-`DIR/results.md` and `DIR/results.png` and prints the best point per task.
+The experiment's `get_sweep(arg)` returns an `lm.config.Sweep`: points (dicts of dotted-key
+overrides) and the eval metric that ranks them, which also becomes each point's
+`train.best_metric`, so a point's best checkpoint and its rank are the same number. Each point
+runs in `DIR/<point-name>/`, one after the other, built exactly as `python -m lm train` builds
+it from the same flags (`--print_commands` prints those commands). A point is finished once
+its `DONE` marker exists (written after `train` returns); running the sweep again skips
+finished points and resumes the others from their checkpoints. At the end it writes
+`DIR/results.csv`, `DIR/results.md` and `DIR/results.png` and prints the best point per task.
+A point stopped by SIGTERM stops the sweep with exit status 75, like `lm train`.
 """
 
-import argparse
 import csv
-import itertools
 import json
 import math
 import pathlib
@@ -23,37 +25,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lm import config as config_lib
+
 Point = dict[str, Any]
 
 DONE = "DONE"  # per-point marker: JSON with the train result and the wall time
 POINT_FILE = "sweep_point.json"  # per-point: overrides, metric and task (written first)
 SWEEP_FILE = "sweep.json"  # the list of points, so --summarize knows which are missing
-
-
-# ---------------------------------------------------------------- grid helpers
-
-
-def product(**axes: Sequence[Any]) -> list[Point]:
-    """Every combination of the axes' values; the first axis varies slowest.
-
-    Keys are dotted config paths: `product(**{"train.lr": [1e-4, 3e-4], "train.seed": [0]})`.
-    """
-    keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
-
-
-def zip_(**axes: Sequence[Any]) -> list[Point]:
-    """The i-th point takes the i-th value of every axis (all axes have the same length)."""
-    lengths = {key: len(values) for key, values in axes.items()}
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"zip_ needs axes of equal length; got {lengths}")
-    keys = list(axes)
-    return [dict(zip(keys, values)) for values in zip(*axes.values())]
-
-
-def chain(*grids: Sequence[Point]) -> list[Point]:
-    """The points of several grids, one after the other."""
-    return [dict(point) for grid in grids for point in grid]
 
 
 # ---------------------------------------------------------------- point names
@@ -94,73 +72,23 @@ def point_names(points: Sequence[Point]) -> list[str]:
 # ---------------------------------------------------------------- config plumbing
 
 
-def split_spec(spec: str) -> tuple[str, str | None]:
-    """`experiments/x.py:arg` -> (`experiments/x.py`, `arg`)."""
-    path, _, arg = spec.partition(":")
-    return path, (arg or None)
+def point_overrides(sweep: config_lib.Sweep, cli_flags: Sequence[str], point: Point
+                    ) -> list[str]:
+    """The `--config.` flags of one point: the sweep's metric, the command line's, the point's."""
+    ranking = {"train.best_metric": sweep.metric, "train.best_mode": sweep.mode}
+    return [*config_lib.as_flags(ranking), *cli_flags, *config_lib.as_flags(point)]
 
 
-def get_sweep(spec: str) -> list[Point]:
-    """The points of the experiment file's `get_sweep(arg)`."""
-    import importlib.util
-
-    path, arg = split_spec(spec)
-    if not pathlib.Path(path).is_file():
-        raise FileNotFoundError(f"experiment file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location("experiment_sweep", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise ValueError(f"{path} defines no get_sweep(arg); it cannot be swept")
-    points = list(module.get_sweep(arg))
-    if not points:
-        raise ValueError(f"{path}: get_sweep({arg!r}) returned no points")
-    return points
-
-
-def parse_flags(flags: Sequence[str]) -> dict[str, str]:
-    """`["--config.train.lr=3e-5"]` -> `{"train.lr": "3e-5"}` (values stay text)."""
-    out = {}
-    for flag in flags:
-        key, sep, text = flag.removeprefix("--config.").partition("=")
-        if not flag.startswith("--config.") or not sep:
-            raise ValueError(f"bad override {flag!r}: expected --config.<dotted.key>=<value>")
-        out[key] = text
-    return out
-
-
-def point_config(spec: str, cli_flags: Sequence[str], point: Point):
-    """The config `python -m lm train` builds for this point (same parsing, same order)."""
-    from lm.train import config as train_config
-
-    config = train_config.load_experiment(spec)  # a fresh ConfigDict: safe to edit in place
-    # In place, not via a copy: fields the experiment derives lazily (FieldReferences, e.g.
-    # steps = epochs × steps per epoch) must follow overridden batch sizes and epochs.
-    for key, text in parse_flags(list(cli_flags) + as_flags(point)).items():
-        train_config.override(config, key, text)
-    return config
-
-
-def _get(config, dotted: str, default: Any = None) -> Any:
-    node = config
-    for part in dotted.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def metric_and_mode(config) -> tuple[str, str]:
-    """The metric that ranks points: `train.best_metric` / `best_mode` (default eval loss)."""
-    metric = _get(config, "train.best_metric") or "eval/loss"
-    mode = _get(config, "train.best_mode") or "min"
-    return metric, mode
+def point_config(spec: str, flags: Sequence[str]):
+    """The config `python -m lm train --config spec *flags` builds (same loader, same parser)."""
+    _, overrides = config_lib.split_overrides(list(flags))
+    return config_lib.load(spec, overrides)
 
 
 def task_of(config, spec: str) -> str:
     """What "best point per task" groups by: the data task, else the experiment arg."""
-    path, arg = split_spec(spec)
-    return str(_get(config, "data.task") or arg or pathlib.Path(path).stem)
+    path, arg = config_lib.split_spec(spec)
+    return str(config.data.get("task") or arg or pathlib.Path(path).stem)
 
 
 # ---------------------------------------------------------------- running
@@ -177,32 +105,36 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
 
 
 def run_points(spec: str, workdir: str, cli_overrides: Sequence[str] = (),
-               train_fn: Callable | None = None, log=print) -> list[str]:
-    """Runs every unfinished point in order; returns the names of the points it ran."""
-    points = get_sweep(spec)
-    names = point_names(points)
+               train_fn: Callable | None = None, log=print) -> list[str] | None:
+    """Runs every unfinished point in order; returns the names of the points it ran, or None
+    when a point was stopped early (SIGTERM/SIGINT: its checkpoint is saved)."""
+    sweep = config_lib.load_sweep(spec)
+    names = point_names(sweep.points)
     root = pathlib.Path(workdir)
+    # Build every point's config first: a bad override fails before anything runs.
+    flags = [point_overrides(sweep, cli_overrides, point) for point in sweep.points]
+    configs = [point_config(spec, f) for f in flags]
     root.mkdir(parents=True, exist_ok=True)
     _write_json(root / SWEEP_FILE, {"config": spec, "overrides": list(cli_overrides),
+                                    "metric": sweep.metric, "mode": sweep.mode,
                                     "points": [{"name": n, "overrides": p}
-                                               for n, p in zip(names, points)]})
+                                               for n, p in zip(names, sweep.points)]})
     if train_fn is None:
-        from lm.train import train as train_fn
+        from lm.train.loop import train as train_fn
     ran = []
-    for i, (name, point) in enumerate(zip(names, points)):
+    for i, (name, point, config) in enumerate(zip(names, sweep.points, configs)):
         point_dir = root / name
         if (point_dir / DONE).exists():
-            log(f"[{i + 1}/{len(points)}] {name}: done, skipped")
+            log(f"[{i + 1}/{len(names)}] {name}: done, skipped")
             continue
-        log(f"[{i + 1}/{len(points)}] {name}: running")
-        config = point_config(spec, cli_overrides, point)
-        metric, mode = metric_and_mode(config)
+        log(f"[{i + 1}/{len(names)}] {name}: running")
         point_dir.mkdir(parents=True, exist_ok=True)
         info_path = point_dir / POINT_FILE
         # Wall time adds up over the legs of a resumed point (a leg that is killed outright
         # loses its share; one interrupted by an exception, e.g. Ctrl-C, keeps it).
         info = json.loads(info_path.read_text()) if info_path.exists() else {"wall_s": 0.0}
-        info.update(overrides=point, metric=metric, mode=mode, task=task_of(config, spec))
+        info.update(overrides=point, metric=sweep.metric, mode=sweep.mode,
+                    task=task_of(config, spec))
         _write_json(info_path, info)
         start = time.time()
         try:
@@ -210,36 +142,23 @@ def run_points(spec: str, workdir: str, cli_overrides: Sequence[str] = (),
         finally:
             info["wall_s"] += time.time() - start
             _write_json(info_path, info)
-        if result.get("step", config.train.steps) < config.train.steps:
-            # train() returns early only when preempted (SIGTERM/SIGINT, checkpoint saved):
-            # the point is not done, and neither is the sweep.
-            log(f"[{i + 1}/{len(points)}] {name}: stopped at step {int(result['step'])}; "
+        if result.get("preempted"):
+            log(f"[{i + 1}/{len(names)}] {name}: stopped at step {int(result['step'])}; "
                 "run the sweep again to resume")
-            return ran
+            return None
         _write_json(point_dir / DONE, {"wall_s": info["wall_s"], "result": result})
         ran.append(name)
     return ran
 
 
-def as_flags(point: Point) -> list[str]:
-    """`{"train.lr": 5e-05}` -> `["--config.train.lr=5e-05"]` (how `lm train` reads them)."""
-    return [f"--config.{key}={_flag_value(value)}" for key, value in point.items()]
-
-
-def _flag_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "(" + ",".join(_flag_value(v) for v in value) + ("," if len(value) == 1 else "")\
-            + ")"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def commands(spec: str, workdir: str, cli_overrides: Sequence[str] = ()) -> list[str]:
     """One `python -m lm train` command line per point, for a cluster scheduler."""
-    points = get_sweep(spec)
+    sweep = config_lib.load_sweep(spec)
     root = pathlib.Path(workdir)
     return [shlex.join(["python", "-m", "lm", "train", "--config", spec,
-                        "--workdir", str(root / name), *cli_overrides, *as_flags(point)])
-            for name, point in zip(point_names(points), points)]
+                        "--workdir", str(root / name),
+                        *point_overrides(sweep, cli_overrides, point)])
+            for name, point in zip(point_names(sweep.points), sweep.points)]
 
 
 # ---------------------------------------------------------------- collecting results
@@ -252,16 +171,21 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 
 
 def summarize_point(point_dir: pathlib.Path) -> dict[str, Any]:
-    """Final and best eval metrics, steps and wall time of one point, from its files."""
+    """Final and best eval metrics, steps and wall time of one point, from its files.
+
+    The best step is the one the point's checkpointer kept as best (by the sweep's metric):
+    recorded in its DONE marker, or read from its checkpoints while it is unfinished.
+    """
     info = json.loads((point_dir / POINT_FILE).read_text()) if (
         point_dir / POINT_FILE).exists() else {}
     done = json.loads((point_dir / DONE).read_text()) if (point_dir / DONE).exists() else None
     history = read_jsonl(point_dir / "metrics.jsonl")
     evals = [row for row in history if any(k.startswith("eval/") for k in row)]
     metric, mode = info.get("metric", "eval/loss"), info.get("mode", "min")
-    scored = [row for row in evals if _finite(row.get(metric))]
-    pick = min if mode == "min" else max
-    best = pick(scored, key=lambda row: row[metric]) if scored else {}
+    best_step = (done or {}).get("result", {}).get("best/step")
+    if best_step is None and not done and (point_dir / "checkpoints").is_dir():
+        best_step = _best_checkpoint(point_dir, metric, mode)
+    best = next((row for row in evals if row["step"] == best_step), {})
     final = evals[-1] if evals else {}
     return {
         "status": "done" if done else ("partial" if history else "missing"),
@@ -273,6 +197,15 @@ def summarize_point(point_dir: pathlib.Path) -> dict[str, Any]:
         **{f"best/{k}": v for k, v in best.items() if k.startswith("eval/")},
         "_history": history,
     }
+
+
+def _best_checkpoint(point_dir: pathlib.Path, metric: str, mode: str) -> int | None:
+    from lm.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(str(point_dir), best_metric=metric, best_mode=mode, read_only=True)
+    step = ckpt.best_step()
+    ckpt.close()
+    return step
 
 
 def _finite(x: Any) -> bool:
@@ -386,26 +319,19 @@ def summarize(workdir: str, log=print) -> list[dict]:
 
 def main(argv: list[str]) -> None:
     """`python -m lm sweep`: see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m lm sweep", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiments/<file>.py[:<arg>]")
+    parser = config_lib.command_parser("python -m lm sweep", __doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="one subdirectory per point")
     parser.add_argument("--print_commands", action="store_true",
                         help="print one `python -m lm train` command per point and exit")
     parser.add_argument("--summarize", action="store_true",
                         help="only rebuild results.csv/.md/.png from DIR")
-    args, rest = parser.parse_known_args(argv[1:])
-    try:
-        parse_flags(rest)
-    except ValueError as e:
-        parser.error(str(e))
+    args, overrides = config_lib.parse_command_line(parser, argv[1:])
+    flags = [f"--config.{k}={v}" for k, v in overrides.items()]
     if args.print_commands:
-        print("\n".join(commands(args.config, args.workdir, rest)))
+        print("\n".join(commands(args.config, args.workdir, flags)))
         return
-    if not args.summarize:
-        run_points(args.config, args.workdir, rest)
+    if not args.summarize and run_points(args.config, args.workdir, flags) is None:
+        from lm.train.checkpoint import PREEMPTED_EXIT
+
+        sys.exit(PREEMPTED_EXIT)
     summarize(args.workdir)
-
-
-if __name__ == "__main__":
-    main(sys.argv)

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.train import checkpoint, train
-from lm.train import config as config_lib
+from lm import config as config_lib
+from lm.train import checkpoint
+from lm.train.loop import train
 from lm.train.state import TrainState
 from tests import multiproc
 
@@ -27,7 +28,7 @@ EXPERIMENT = f"{REPO}/experiments/gpt_shakespeare_char.py:cpu"
 # A 1-layer char GPT: 6 steps of 4×16 tokens, eval and checkpoint every 3 steps.
 TINY = {
     "model.num_layers": "1", "model.d_model": "32", "model.d_ff": "64", "model.num_heads": "2",
-    "data.seq_len": "16", "train.batch_size": "4", "train.steps": "6", "train.decay_steps": "6",
+    "data.seq_len": "16", "train.batch_size": "4", "train.steps": "6",
     "train.warmup_steps": "2", "train.log_every": "1", "train.eval_every": "3",
     "train.eval_steps": "1", "train.eval_at_start": "False", "train.checkpoint_every": "3",
 }
@@ -35,8 +36,7 @@ TIMING_KEYS = {"train/steps_per_s", "train/tokens_per_s", "train/mfu"}  # wall-c
 
 
 def _config(**overrides: str):
-    return config_lib.apply_overrides(config_lib.load_experiment(EXPERIMENT),
-                                      {**TINY, **overrides})
+    return config_lib.load(EXPERIMENT, {**TINY, **overrides})
 
 
 def _metrics(workdir) -> list[dict]:
@@ -241,14 +241,15 @@ def test_sigterm_saves_at_the_current_step_and_the_restart_continues(tmp_path):
     _wait_for_steps(tmp_path, proc, 3)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, output
+    assert proc.returncode == checkpoint.PREEMPTED_EXIT, output
+    assert "rerun the same command to resume" in output
     last = _metrics(tmp_path)[-1]["step"]
     ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2)
     assert ckpt.all_steps() == [last]  # saved at the step it had reached, not a periodic one
     ckpt.close()
 
     result = train(_config(**{**long_run, "train.steps": str(last + 2)}), str(tmp_path),
-                   quiet=True)
+                   quiet=True, allow_config_change=True)
     assert result["step"] == last + 2
     train_steps = [r["step"] for r in _metrics(tmp_path) if "train/loss" in r]
     assert train_steps[-3:] == [last, last + 1, last + 2]

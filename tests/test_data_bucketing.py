@@ -5,12 +5,12 @@ import pytest
 
 from lm import data
 from lm.convert import minilm_dir
-from lm.data import bucketing
+from lm.data import bucketing, classification
 
 
 def _config(bucketed: bool):
     cfg = data.default_config()
-    cfg.objective, cfg.task, cfg.name, cfg.seq_len = "classification", "sst2", "glue/sst2", 64
+    cfg.objective, cfg.task, cfg.source, cfg.seq_len = "classification", "sst2", "glue", 64
     cfg.tokenizer.kind, cfg.tokenizer.path = "wordpiece", str(minilm_dir() / "tokenizer.json")
     cfg.tokenizer.vocab_multiple, cfg.length_buckets = 1, bucketed
     return cfg
@@ -47,7 +47,8 @@ def test_bucketed_eval_is_the_whole_split_exactly_and_lossless(tok):
     plain = list(data.make_iterator(_config(False), tok, **kw))
     assert {b["inputs"].shape[1] for b in bucketed} <= {16, 32, 64}
     assert min(b["inputs"].shape[1] for b in bucketed) < 64  # something was cut
-    assert sum(int(b["example_weights"].sum()) for b in bucketed) == 872
+    dev_size = len(classification.records(_config(True), "validation"))  # 872 in SST-2
+    assert sum(int(b["example_weights"].sum()) for b in bucketed) == dev_size
     assert _rows(bucketed) == _rows(plain)
 
 
@@ -58,7 +59,7 @@ def test_processes_share_each_batch_length_and_split_the_rows(tok):
     assert [b["inputs"].shape for b in shards[0]] == [b["inputs"].shape for b in shards[1]]
     rows = [_rows(s) for s in shards]
     assert not rows[0].keys() & rows[1].keys()
-    assert len(rows[0]) + len(rows[1]) == 872
+    assert len(rows[0]) + len(rows[1]) == len(classification.records(_config(True), "validation"))
 
 
 def test_bucketed_iterator_resumes_exactly(tok):

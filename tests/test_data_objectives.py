@@ -6,10 +6,10 @@ import grain
 import numpy as np
 import pytest
 
-from lm import paths
 from lm.data import bert, config, packing, sources, span, tokenizers
+from tests.conftest import DATA_HOME, FULL_DATA
 
-WIKITEXT = str(paths.SHARED_DATA / "wikitext-2" / "train.txt")
+WIKITEXT = str(DATA_HOME / "wikitext-2" / "train.txt")
 
 
 def wikitext_cfg(**overrides):
@@ -24,7 +24,7 @@ def small_sentencepiece(tmp_path_factory) -> str:
     """A 1000-piece unigram model on 5% of WikiText-2 train, trained once per session."""
     prefix = tmp_path_factory.getbasetemp() / "wt2_1k"
     if not os.path.exists(f"{prefix}.model"):
-        docs = sources.text_source(wikitext_cfg(), "train[:5%]")
+        docs = sources.text_source(wikitext_cfg(), "train[:5%]" if FULL_DATA else "train")
         tokenizers.train_sentencepiece(tokenizers.lines(docs), str(prefix), vocab_size=1000)
     return f"{prefix}.model"
 
@@ -58,7 +58,7 @@ def test_sentencepiece_layout_and_round_trip_outside_training_text(sp):
 
 
 def test_char_tokenizer_matches_nanogpt_vocab_and_round_trips():
-    text = open(paths.SHARED_DATA / "tinyshakespeare" / "input.txt").read()
+    text = sources.shakespeare_text()
     tok = tokenizers.CharTokenizer(text, vocab_multiple=128)
     chars = sorted(set(text))  # nanoGPT's shakespeare_char: stoi = {ch: i}
     assert tok.encode(text[:1000]) == [chars.index(c) for c in text[:1000]]

@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
+from lm import config as config_lib
 from lm import data, models
-from lm.train import config as config_lib
-from lm.train import loop, tasks
+from lm.train import loop, pretrained
+from lm.train import objectives as tasks
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 FILES = sorted(EXPERIMENTS.glob("*.py"))
@@ -17,7 +18,7 @@ FILES = sorted(EXPERIMENTS.glob("*.py"))
 def _cases():
     for path in FILES:
         module = config_lib.load_module(path)
-        for arg in getattr(module, "ARGS", (None,)):
+        for arg in module.ARGS:
             yield pytest.param(path, arg, id=f"{path.stem}:{arg}")
 
 
@@ -29,8 +30,7 @@ def test_docstring_starts_with_the_command(path):
 
 @pytest.mark.parametrize("path, arg", list(_cases()))
 def test_config_builds_a_model_and_a_pipeline(path, arg, sentencepiece_model):
-    config = config_lib.load_experiment(f"{path}:{arg}" if arg else str(path))
-    assert set(config) >= {"model", "data", "train", "mesh", "init"}
+    config = pretrained.resolve(config_lib.load(f"{path}:{arg}"))  # as the trainer starts
     if config.data.tokenizer.kind == "sentencepiece" and not config.data.tokenizer.path:
         config.data.tokenizer.path = sentencepiece_model
     config.data.update(num_threads=1, prefetch=0, workers=0)
@@ -46,7 +46,7 @@ def test_config_builds_a_model_and_a_pipeline(path, arg, sentencepiece_model):
     assert rows == 2 and length <= config.data.seq_len
     assert all(np.shape(v)[0] == 2 for v in batch.values())
 
-    task = tasks.get_task(config.data.objective, model_cfg)
+    task = tasks.get(config.data.objective, model_cfg)
     model = models.build(model_cfg)
     params = jax.eval_shape(lambda: tasks.init_params(task, model, jax.random.key(0), batch))
     assert sum(np.prod(x.shape) for x in jax.tree.leaves(params)) > 0

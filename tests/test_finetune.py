@@ -1,6 +1,7 @@
 """Finetuning: init from a pretraining checkpoint, dynamic padding, GLUE files, SST-2 slice."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,12 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from lm import finetune, metrics
+from lm import config as config_lib
+from lm import predict
+from lm.data import classification
 from lm.models import build, model_config
+from lm.train import pretrained as finetune
+from tests.conftest import FULL_DATA, full_data
 
 TOKENS = jnp.zeros((1, 8), jnp.int32)
 
@@ -79,7 +84,7 @@ def test_checkpoint_config_mismatch_is_a_clear_error(pretrained):
     with pytest.raises(ValueError, match=r"model.d_ff: checkpoint 256, config 128"):
         finetune.init_params(config, _init(ft_cfg, seed=1))
     config.init.hf_dir = "/somewhere"
-    with pytest.raises(ValueError, match="exactly one of"):
+    with pytest.raises(ValueError, match="set one of init.checkpoint"):
         finetune.init_params(config, {})
 
 
@@ -107,46 +112,52 @@ def test_batch_cut_to_its_bucket_gives_the_same_logits():
 
 
 def test_submission_lines():
-    assert finetune.submission_lines("rte", [2, 0, 1], [1, 0, 0]) == [
+    assert predict.submission_lines("rte", [2, 0, 1], [1, 0, 0]) == [
         "index\tprediction", "0\tentailment", "1\tentailment", "2\tnot_entailment"]
-    assert finetune.submission_lines("stsb", [0, 1], [5.7, 2.12345])[1:] == ["0\t5.000",
-                                                                           "1\t2.123"]
-    assert finetune.submission_lines("sst2", [0], [1])[1] == "0\t1"
-    with pytest.raises(ValueError, match="no GLUE submission format"):
-        finetune.submission_lines("squad", [0], [1])
+    assert predict.submission_lines("stsb", [0, 1], [5.7, 2.12345])[1:] == ["0\t5.000",
+                                                                          "1\t2.123"]
+    assert predict.submission_lines("sst2", [0], [1])[1] == "0\t1"
+    with pytest.raises(ValueError, match="unknown GLUE task 'squad'"):
+        predict.submission_lines("squad", [0], [1])
 
 
 def test_experiment_sweep_is_the_bert_grid_and_keeps_steps_consistent():
     from lm import sweep
 
     spec = "experiments/finetune_glue.py:rte,init=random"
-    points = sweep.get_sweep(spec)
-    assert len(points) == 24 and points[0] == {
+    grid = config_lib.load_sweep(spec)
+    assert len(grid.points) == 24 and grid.points[0] == {
         "train.lr": 5e-5, "train.batch_size": 16, "train.epochs": 2}
-    config = sweep.point_config(spec, [], points[0])
-    # RTE: 2,490 train examples -> ceil(2490 / 16) = 156 steps per epoch, 2 epochs.
-    assert (config.train.eval_every, config.train.steps) == (156, 312)
-    assert config.train.best_metric == "eval/accuracy"
-    cola = sweep.point_config("experiments/finetune_glue.py:cola,init=random", [], {})
-    assert cola.train.best_metric == f"eval/{metrics.TASKS['cola'].main}" == "eval/matthews_corr"
+    assert (grid.metric, grid.mode) == ("eval/accuracy", "max")
+    config = sweep.point_config(spec, sweep.point_overrides(grid, [], grid.points[0]))
+    resolved = finetune.resolve(config)  # the trainer's start-up counts the train split
+    per_epoch = math.ceil(len(classification.records(config.data, "train")) / 16)
+    if FULL_DATA:
+        assert per_epoch == 156  # RTE: 2,490 train examples
+    assert (resolved.train.steps_per_epoch, resolved.train.eval_every) == (per_epoch, per_epoch)
+    assert (resolved.train.steps, resolved.train.warmup_steps) == (2 * per_epoch,
+                                                                   2 * per_epoch // 10)
+    assert resolved.train.best_metric == "eval/accuracy"
+    cola = config_lib.load("experiments/finetune_glue.py:cola,init=random")
+    assert cola.train.best_metric == "eval/matthews_corr"
 
 
 @pytest.mark.slow
+@full_data("glue/sst2")
 def test_finetune_tiny_model_on_sst2_slice(tmp_path):
     """A tiny random BERT learns an SST-2 slice beyond the majority class; predict writes the
     whole dev set (872 rows) in the GLUE format."""
-    from lm.train import config as config_lib
-    from lm.train import train
+    from lm.train.loop import train
 
-    config = config_lib.load_experiment(
-        "experiments/finetune_glue.py:sst2,init=random,train=train[:4000],epochs=2,seq_len=64")
-    config.train.lr = 1e-3
-    config.train.log_every = 1000
+    config = config_lib.load(
+        "experiments/finetune_glue.py:sst2,init=random,train=train[:4000],epochs=2,seq_len=64",
+        {"train.lr": "1e-3", "train.log_every": "1000"})
     result = train(config, str(tmp_path))
     majority = 444 / 872  # SST-2 dev: 444 positive, 428 negative
     assert result["best/eval/accuracy"] > majority + 0.05
-    path, scores = finetune.predict(str(tmp_path), "validation")
+    path, scores = predict.predict(str(tmp_path), "validation")
     lines = path.read_text().splitlines()
     assert scores["examples"] == len(lines) - 1 == 872
     assert lines[0] == "index\tprediction" and {x.split("\t")[1] for x in lines[1:]} <= {"0", "1"}
     assert scores["accuracy"] == pytest.approx(result["best/eval/accuracy"], abs=1e-6)
+    assert scores["step"] == result["best/step"]

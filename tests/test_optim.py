@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm.train import config as config_lib
+from lm import config as config_lib
 from lm.train import optim
 
 

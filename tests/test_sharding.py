@@ -14,8 +14,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from lm import distributed, models
-from lm.train import checkpoint, optim, sharding, step, tasks
-from lm.train.config import default_train_config
+from lm.config import default_train_config
+from lm.train import checkpoint, objectives, optim, sharding, step
 from lm.train.state import TrainState
 from tests import multiproc
 
@@ -61,7 +61,8 @@ def train_losses(mesh: dict, ckpt_dir: str = "") -> dict:
 
     state, shardings = sharding.init_sharded(init_fn, mesh_obj, rules)
     train_step = jax.jit(
-        functools.partial(step.train_step, model=model, task=tasks.get_task("causal", model_cfg),
+        functools.partial(step.train_step, model=model,
+                          objective=objectives.get("causal", model_cfg),
                           tx=tx, schedule=schedule),
         in_shardings=(shardings, sharding.batch_sharding(mesh_obj)),
         out_shardings=(shardings, None), donate_argnums=0)

@@ -8,23 +8,24 @@ import textwrap
 
 import pytest
 
+from lm import config as config_lib
 from lm import sweep
 
 # A stand-in experiment for the runner's bookkeeping tests (the real trainer is exercised
 # by test_sweep_end_to_end below).
 FAKE_EXPERIMENT = textwrap.dedent('''
-    from lm import sweep
-    from lm.train import config as train_config
+    from lm.config import Sweep, base_config, product
+
+    ARGS = ("x",)
 
     def get_config(arg):
-        config = train_config.base_config()
-        config.train.best_metric = "eval/accuracy"
-        config.train.best_mode = "max"
+        config = base_config()
         config.train.steps = 3
         return config
 
     def get_sweep(arg):
-        return sweep.product(**{"train.lr": [0.1, 0.01], "train.batch_size": [4, 8]})
+        return Sweep(product(**{"train.lr": [0.1, 0.01], "train.batch_size": [4, 8]}),
+                     metric="eval/accuracy", mode="max")
 ''')
 
 
@@ -39,6 +40,7 @@ class FakeTrain:
         self.ran.append(name)
         if name == self.fail_on:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle
+        assert config.train.best_metric == "eval/accuracy"  # the sweep's metric ranks points
         lr, bs = config.train.lr, config.train.batch_size
         with open(pathlib.Path(workdir) / "metrics.jsonl", "w") as f:
             for step in range(1, config.train.steps + 1):
@@ -46,7 +48,8 @@ class FakeTrain:
                 acc = 0.5 + lr * step + bs / 1000
                 f.write(json.dumps({"step": step, "eval/loss": 1 - acc, "eval/accuracy": acc})
                         + "\n")
-        return {"eval/accuracy": acc}
+        # As train() reports the checkpointer's best: here the last step scores highest.
+        return {"eval/accuracy": acc, "best/eval/accuracy": acc, "best/step": step}
 
 
 @pytest.fixture
@@ -57,17 +60,17 @@ def experiment(tmp_path):
 
 
 def test_grid_helpers():
-    assert sweep.product(a=[1, 2], b=["x", "y"]) == [
+    assert config_lib.product(a=[1, 2], b=["x", "y"]) == [
         {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
-    assert sweep.zip_(a=[1, 2], b=[3, 4]) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    assert config_lib.zip_(a=[1, 2], b=[3, 4]) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
     with pytest.raises(ValueError, match="equal length"):
-        sweep.zip_(a=[1, 2], b=[3])
-    assert sweep.chain(sweep.zip_(a=[1]), sweep.product(b=[2, 3])) == [
+        config_lib.zip_(a=[1, 2], b=[3])
+    assert config_lib.chain(config_lib.zip_(a=[1]), config_lib.product(b=[2, 3])) == [
         {"a": 1}, {"b": 2}, {"b": 3}]
 
 
 def test_point_names_are_short_unique_and_filesystem_safe():
-    points = sweep.product(**{"train.lr": [5e-05, 3e-05], "model.heads": [("mlm", "nsp")],
+    points = config_lib.product(**{"train.lr": [5e-05, 3e-05], "model.heads": [("mlm", "nsp")],
                               "data.name": ["a/b c"]})
     names = sweep.point_names(points)
     assert names[0] == "lr=5e-05,heads=mlm-nsp,name=a_b_c"
@@ -130,33 +133,35 @@ def test_print_commands(experiment, tmp_path, capsys):
     argv = shlex.split(commands[3])
     assert argv[:4] == ["python", "-m", "lm", "train"]
     assert argv[argv.index("--workdir") + 1] == str(tmp_path / "lr=0.01,batch_size=8")
-    assert argv[-3:] == ["--config.train.steps=5", "--config.train.lr=0.01",
-                         "--config.train.batch_size=8"]
+    assert argv[-5:] == ["--config.train.best_metric=eval/accuracy",
+                         "--config.train.best_mode=max", "--config.train.steps=5",
+                         "--config.train.lr=0.01", "--config.train.batch_size=8"]
     # The commands' overrides build the same config the runner builds.
-    config = sweep.point_config(experiment + ":x", ["--config.train.steps=5"],
-                                {"train.lr": 0.01, "train.batch_size": 8})
+    config = sweep.point_config(experiment + ":x", argv[argv.index("--workdir") + 2:])
     assert (config.train.lr, config.train.batch_size, config.train.steps) == (0.01, 8, 5)
 
 
 def test_bad_override_is_a_clear_error(experiment, tmp_path):
     with pytest.raises(SystemExit):
         sweep.main(["sweep", "--config", experiment, "--workdir", str(tmp_path), "--lr=3"])
-    with pytest.raises(KeyError, match="unknown config key"):
-        sweep.point_config(experiment, ["--config.train.lrr=3"], {})
+    with pytest.raises(ValueError, match="unknown config key"):
+        sweep.run_points(experiment, str(tmp_path / "s"), ["--config.train.lrr=3"],
+                         train_fn=FakeTrain())
+    assert not (tmp_path / "s").exists()  # nothing ran, nothing was written
 
 
 def test_a_preempted_point_is_not_marked_done(experiment, tmp_path):
     def preempted(config, workdir):  # train() returns early (checkpoint saved) on SIGTERM
-        return {"step": config.train.steps - 1}
+        return {"step": config.train.steps - 1, "preempted": 1.0}
 
     ran = sweep.run_points(experiment, str(tmp_path / "s"), train_fn=preempted,
                            log=lambda *_: None)
-    assert ran == [] and not list((tmp_path / "s").glob(f"*/{sweep.DONE}"))
+    assert ran is None and not list((tmp_path / "s").glob(f"*/{sweep.DONE}"))
 
 
 TINY_REAL_EXPERIMENT = '''
 import importlib.util
-from lm import sweep
+from lm.config import Sweep, product
 
 _spec = importlib.util.spec_from_file_location("shakespeare", "{path}")
 _mod = importlib.util.module_from_spec(_spec)
@@ -167,20 +172,20 @@ def get_config(arg=None):
     config = _mod.get_config("cpu")
     config.model.update(num_layers=1, d_model=32, num_heads=2, d_ff=64, max_len=16)
     config.data.seq_len = 16
-    config.train.update(steps=6, batch_size=4, warmup_steps=0, decay_steps=6, eval_every=3,
+    config.train.update(steps=6, batch_size=4, warmup_steps=0, eval_every=3,
                         eval_steps=2, log_every=1, checkpoint_every=3, eval_at_start=False)
     return config
 
 
 def get_sweep(arg=None):
-    return sweep.product(**{{"train.lr": [1e-2, 1e-3], "train.seed": [0, 1]}})
+    return Sweep(product(**{{"train.lr": [1e-2, 1e-3], "train.seed": [0, 1]}}))
 '''
 
 
 def test_real_2x2_sweep_end_to_end(tmp_path):
-    """A 2×2 sweep of a tiny real experiment (the trainer, not a fake) writes every result."""
-    from lm.paths import REPO
-
+    """A 2×2 sweep of a tiny real experiment (the trainer, not a fake) writes every result;
+    each point's best step is its checkpointer's best (by eval/loss)."""
+    REPO = pathlib.Path(__file__).resolve().parent.parent
     path = tmp_path / "tiny_experiment.py"
     path.write_text(TINY_REAL_EXPERIMENT.format(
         path=REPO / "experiments" / "gpt_shakespeare_char.py"))
@@ -190,6 +195,10 @@ def test_real_2x2_sweep_end_to_end(tmp_path):
         assert (workdir / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(workdir / "results.csv")))
     assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    for row in rows:  # eval at steps 3 and 6: the best is the lower eval/loss of the two
+        evals = {r["step"]: r["eval/loss"] for r in sweep.read_jsonl(
+            workdir / row["point"] / "metrics.jsonl") if "eval/loss" in r}
+        assert int(row["best_step"]) == min(evals, key=evals.get)
     assert len(list(workdir.glob(f"*/{sweep.DONE}"))) == 4
     # Everything is done: running again trains nothing.
     assert sweep.run_points(str(path), str(workdir), log=lambda *_: None) == []

@@ -15,7 +15,7 @@ import functools
 import grain
 import numpy as np
 
-from lm.data import tasks
+from lm.data import classification, glue
 from lm.data.tokenizers import Tokenizer
 
 EPOCHS_FOREVER = 1_000_000  # "repeat forever": the plan is lazy, so the length costs nothing
@@ -61,9 +61,9 @@ class _Batches:
         self.lengths = np.array([_example_length(r, tok, cfg.seq_len) for r in records])
         self.per_epoch = -(-len(records) // self.global_batch)
         self._plan: tuple[int, list[np.ndarray]] = (-1, [])
-        self.make = functools.partial(tasks.classification_example, tok=tok,
+        self.make = functools.partial(classification.classification_example, tok=tok,
                                       seq_len=cfg.seq_len,
-                                      num_labels=tasks.get_task(cfg.task).num_labels)
+                                      num_labels=glue.get(cfg.task).num_labels)
 
     def plan(self, epoch: int) -> list[np.ndarray]:
         """The epoch's plan, kept while its batches are read (one epoch at a time)."""
@@ -91,7 +91,7 @@ def make_iterator(cfg, tok: Tokenizer, *, split: str, batch_size: int, seed: int
                   process_index: int, process_count: int, shuffle: bool,
                   num_epochs: int | None) -> grain.DatasetIterator:
     """Bucketed batches of `batch_size` rows (this process's share of each global batch)."""
-    records = tasks.task_records(cfg, split)
+    records = classification.records(cfg, split)
     if not len(records):
         raise ValueError(f"split {split!r} of task {cfg.task!r} has no examples")
     make = _Batches(cfg, tok, records, rows=batch_size, process_index=process_index,

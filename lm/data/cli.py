@@ -1,6 +1,9 @@
-"""`python -m lm tokenizer train ...` and `python -m lm data bench ...`.
+"""`python -m lm tokenizer train ...`, `python -m lm data bench ...`, `python -m lm data prepare`.
 
-Both take data-config overrides as KEY=VALUE (dotted keys of lm.data.default_config()):
+The first two read a data config: an experiment's (`--config experiments/<file>.py[:<arg>]`,
+with `--config.data.<key>=<value>` overrides) or the defaults of lm.data.config with
+KEY=VALUE overrides (dotted keys of the data block); both go through lm.config's one typed
+parser, so an unknown key or a value of the wrong type is a one-line error:
 
     python -m lm tokenizer train --output /tmp/wt2_32k --vocab-size 32000 \\
         source=text files.train=wikitext-2/train.txt doc_separator=wikitext
@@ -11,41 +14,45 @@ Both take data-config overrides as KEY=VALUE (dotted keys of lm.data.default_con
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import time
 
+import ml_collections
 import numpy as np
 
-from lm.data import config, pipeline, sources, tokenizers
+from lm import config as config_lib
+from lm.config import ConfigError
+from lm.data import pipeline, sources, tokenizers
 
 
-def apply_overrides(cfg, overrides: list[str]):
-    """KEY=VALUE pairs into the config; values parse as Python literals, else strings."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
+def data_config(args: argparse.Namespace, extra: list[str]):
+    """The data block: `--config`'s experiment or the defaults, with every override applied."""
+    pairs = {}
+    for item in args.overrides:  # KEY=VALUE, relative to the data block
+        key, sep, text = item.partition("=")
         if not sep:
-            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        *parents, leaf = key.split(".")
-        node = cfg
-        for p in parents:
-            if p not in node:
-                raise SystemExit(f"unknown data config key {key!r}; valid: {sorted(node)}")
-            node = node[p]
-        if leaf not in node and parents != ["files"]:
-            raise SystemExit(f"unknown data config key {key!r}; valid: {sorted(node)}")
-        node[leaf] = value
-    return cfg
+            raise ConfigError(f"expected KEY=VALUE (a data config key), got {item!r}")
+        pairs[f"data.{key}"] = text
+    _, flags = config_lib.split_overrides(extra)
+    if args.config:
+        return config_lib.load(args.config, {**flags, **pairs}).data
+    config = ml_collections.ConfigDict({"data": config_lib.data_config()})
+    for key, text in {**flags, **pairs}.items():
+        config_lib.override(config, key, text)
+    return config.data
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", default=None,
+                   help="take the data block of experiments/<file>.py[:<arg>]")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return p
 
 
 def train_tokenizer(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m lm tokenizer train",
-                                description="Train a sentencepiece (or char) vocabulary "
-                                "on a data source's split. KEY=VALUE set data config fields.")
+    p = _parser("python -m lm tokenizer train", "Train a sentencepiece (or char) vocabulary "
+                "on a data source's split. KEY=VALUE set data config fields.")
     p.add_argument("--output", required=True, help="model prefix: writes PREFIX.model")
     p.add_argument("--kind", default="sentencepiece", choices=["sentencepiece", "char"])
     p.add_argument("--vocab-size", type=int, default=32000)
@@ -56,9 +63,8 @@ def train_tokenizer(argv: list[str]) -> None:
     p.add_argument("--max-sentences", type=int, default=2_000_000,
                    help="sample at most this many lines (sentencepiece holds them in memory)")
     p.add_argument("--split", default="train")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = p.parse_args(argv)
-    cfg = apply_overrides(config.default_config(), args.overrides)
+    args, extra = p.parse_known_args(argv)
+    cfg = data_config(args, extra)
     docs = sources.text_source(cfg, args.split)
     start = time.time()
     if args.kind == "char":
@@ -74,16 +80,14 @@ def train_tokenizer(argv: list[str]) -> None:
 
 
 def bench(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m lm data bench",
-                                description="Examples/s and tokens/s of the input pipeline.")
+    p = _parser("python -m lm data bench", "Examples/s and tokens/s of the input pipeline.")
     p.add_argument("--objective", default=None, help="shorthand for objective=...")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--warmup", type=int, default=5, help="batches not timed")
     p.add_argument("--split", default="train")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = p.parse_args(argv)
-    cfg = apply_overrides(config.default_config(), args.overrides)
+    args, extra = p.parse_known_args(argv)
+    cfg = data_config(args, extra)
     if args.objective:
         cfg.objective = args.objective
     tok = tokenizers.make_tokenizer(cfg)
@@ -106,9 +110,13 @@ def bench(argv: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
     """argv[0] is 'tokenizer' or 'data'; argv[1] the subcommand."""
-    commands = {("tokenizer", "train"): train_tokenizer, ("data", "bench"): bench}
+    from lm.data import prepare
+
+    commands = {("tokenizer", "train"): train_tokenizer, ("data", "bench"): bench,
+                ("data", "prepare"): prepare.main}
     key = tuple(argv[:2])
     if key not in commands:
-        raise SystemExit("usage: python -m lm tokenizer train ... | python -m lm data bench ...")
+        raise SystemExit("usage: python -m lm tokenizer train ... | python -m lm data bench ..."
+                         " | python -m lm data prepare NAME [--from DIR]")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commands[key](argv[2:])

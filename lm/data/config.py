@@ -2,8 +2,9 @@
 
 import ml_collections
 
-# WikiText-2's raw files, one document per article (relative paths are looked up in
-# ../shared/data); experiment files add `**WIKITEXT2` to their data config.
+# WikiText-2's raw files, one document per article (relative paths are looked up in the
+# data home, $LM_DATA_DIR: `python -m lm data prepare wikitext-2` puts them there);
+# experiment files add `**WIKITEXT2` to their data config.
 WIKITEXT2 = dict(
     source="text", doc_separator="wikitext",
     files={"train": "wikitext-2/train.txt", "validation": "wikitext-2/valid.txt",
@@ -16,10 +17,14 @@ def default_config() -> ml_collections.ConfigDict:
     """Data config: source, splits, tokenizer, objective and its options, workers."""
     return ml_collections.ConfigDict(dict(
         # --- source
-        source="tfds",  # 'tfds' | 'text' (local files) | 'tsv' (GLUE-style, classification)
-        name="tiny_shakespeare",  # TFDS name, e.g. 'glue/sst2'
-        data_dir="",  # TFDS data dir; '' = $TFDS_DATA_DIR, else ../shared/tfds
-        files={},  # text/tsv: split name -> glob, e.g. {'train': 'wikitext-2/train.txt'}
+        # 'tfds' | 'text' (local files) | classification: 'glue' (TFDS if prepared, else the
+        # TSV files), 'tfds' or 'tsv'
+        source="tfds",
+        name="tiny_shakespeare",  # TFDS name (tiny_shakespeare also ships inside lm)
+        data_dir="",  # TFDS data dir ('' = $TFDS_DATA_DIR, else ~/tensorflow_datasets); tsv:
+        #               the task's directory ('' = $LM_DATA_DIR/glue/<TASK>)
+        # text/tsv: split name -> glob, e.g. {'train': 'wikitext-2/train.txt'}; '' = none
+        files=dict(train="", validation="", test=""),
         text_key="text",  # TFDS feature that holds the text
         # text files: 'file' (a document each) | 'blank_line' | 'line' | 'wikitext'
         # (articles) | any other string: a line equal to it ends a document.

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
-from lm.data import bert, bucketing, packing, sources, span, tasks
+from lm.data import bert, bucketing, classification, glue, packing, sources, span
 from lm.data.tokenizers import Tokenizer
 
 
@@ -110,15 +110,15 @@ def span_corruption(ids: grain.MapDataset, ctx: Context) -> grain.IterDataset:
     return rows.random_map(corrupt, seed=ctx.seed)
 
 
-def classification(ids: grain.MapDataset, ctx: Context) -> grain.IterDataset:
-    task = tasks.get_task(ctx.cfg.task)
+def classify(ids: grain.MapDataset, ctx: Context) -> grain.IterDataset:
+    task = glue.get(ctx.cfg.task)
     make = functools.partial(_classify, records=ctx.items, tok=ctx.tok,
                              seq_len=ctx.cfg.seq_len, num_labels=task.num_labels)
     return ids.map(make).to_iter_dataset(ctx.read)
 
 
 def _classify(i: int, *, records, **kwargs) -> dict[str, np.ndarray]:
-    return tasks.classification_example(records[i], **kwargs)
+    return classification.classification_example(records[i], **kwargs)
 
 
 # objective -> (items of a split, examples from shuffled indices, rows per item can be >1)
@@ -127,7 +127,7 @@ OBJECTIVES: dict[str, tuple[Callable, Callable, bool]] = {
     "mlm": (sources.text_source, functools.partial(_bert, nsp=False), True),
     "mlm_nsp": (sources.text_source, functools.partial(_bert, nsp=True), True),
     "span_corruption": (sources.text_source, span_corruption, True),
-    "classification": (tasks.task_records, classification, False),
+    "classification": (classification.records, classify, False),
 }
 
 

@@ -12,6 +12,7 @@ import bisect
 import csv
 import dataclasses
 import glob
+import gzip
 import os
 import pathlib
 import re
@@ -20,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from lm import paths
+from lm.data import home
+from lm.errors import MissingFileError, UserError
 
 # ` = Title = ` starts a WikiText article; ` = = Section = = ` does not.
 _WIKITEXT_TITLE = re.compile(rb"^ = [^=].* = $")
 _NAMED_SEPARATORS = ("file", "line", "blank_line", "wikitext")
+ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
 _SPLIT_PART = re.compile(r"^(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
 
 
@@ -99,31 +102,47 @@ def apply_split(split: str, by_name: dict[str, Sequence]) -> Sequence:
 # ------------------------------------------------------------------------------- TFDS
 
 
-def tfds_data_dir(data_dir: str | None) -> str:
-    """data_dir, else $TFDS_DATA_DIR, else the shared prepared copies."""
-    return str(data_dir or os.environ.get("TFDS_DATA_DIR") or paths.SHARED_TFDS)
+def shakespeare_text() -> str:
+    """The tiny Shakespeare text shipped inside lm (karpathy/char-rnn's input.txt, public
+    domain, 1,115,394 characters)."""
+    with gzip.open(ASSETS / "tiny_shakespeare.txt.gz", "rt", encoding="utf-8") as f:
+        return f.read()
 
 
-def _check_prepared(name: str, data_dir: str) -> None:
-    # tfds.data_source would try to download and build a missing dataset (which needs
-    # TensorFlow and internet): fail early with instructions instead.
-    base = pathlib.Path(data_dir, *name.split(":")[0].split("/"))
-    if not any(base.glob("**/dataset_info.json")):
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r} (no "
-            f"{base}/.../dataset_info.json). Prepare it on a machine with internet access "
-            f"(`pip install tensorflow tensorflow-datasets; tfds build {name.split(':')[0]} "
-            "--data_dir=DIR`, or `tfds.data_source(name, data_dir=DIR)` once), copy DIR here, "
-            "and set data.data_dir=DIR or the TFDS_DATA_DIR environment variable.")
+def tiny_shakespeare() -> dict[str, list[dict]]:
+    """`shakespeare_text()` split exactly as TFDS's `tiny_shakespeare` 1.0.0 builder splits it:
+    90/5/5 by characters, one example each."""
+    text = shakespeare_text()
+    i = int(len(text) * 0.9)
+    train, rest = text[:i], text[i:]
+    j = int(len(rest) * 0.5)
+    return {"train": [{"text": train}], "validation": [{"text": rest[:j]}],
+            "test": [{"text": rest[j:]}]}
+
+
+# TFDS datasets with a copy inside the package: read when TFDS has not prepared them.
+EMBEDDED = {"tiny_shakespeare": tiny_shakespeare}
 
 
 def tfds_records(name: str, split: str, data_dir: str | None = None) -> Sequence[dict]:
-    """Random access to a prepared TFDS split (array_record) without TensorFlow."""
+    """Random access to a prepared TFDS split (array_record) without TensorFlow, or to the
+    embedded copy of a dataset lm ships (tiny Shakespeare) when TFDS has not prepared it."""
+    if not home.tfds_prepared(name, data_dir):
+        if name in EMBEDDED:
+            return apply_split(split, EMBEDDED[name]())
+        # tfds.data_source would try to download and build the dataset (which needs
+        # TensorFlow and internet): fail early with instructions instead.
+        where = home.tfds_data_dir(data_dir)
+        raise MissingFileError(
+            f"TFDS dataset {name!r} is not prepared in {where} (data.data_dir, else "
+            f"$TFDS_DATA_DIR, else ~/tensorflow_datasets). Prepare it with TFDS on a machine "
+            f"with internet (`pip install tensorflow; tfds build {name.split(':')[0]} "
+            "--data_dir=DIR`) and point data.data_dir or $TFDS_DATA_DIR at DIR; for GLUE, "
+            "`python -m lm data prepare glue/<task>` and data.source='glue' read the TSV files.")
     import tensorflow_datasets as tfds  # slow import: only when used
 
-    data_dir = tfds_data_dir(data_dir)
-    _check_prepared(name, data_dir)
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return tfds.data_source(name, split=split, data_dir=home.tfds_data_dir(data_dir),
+                            download=False)
 
 
 @dataclasses.dataclass
@@ -204,7 +223,8 @@ class TextFiles(Sequence):
     def __init__(self, pattern: str, separator: str = "file"):
         self.files = sorted(glob.glob(os.path.expanduser(pattern)))
         if not self.files:
-            raise FileNotFoundError(f"no files match {pattern!r}")
+            raise MissingFileError(f"no files match {pattern!r} (relative paths are looked up "
+                                   "in the working directory, then in $LM_DATA_DIR)")
         file_ids, starts, ends = [], [], []
         for k, path in enumerate(self.files):
             for s, e in _doc_spans(path, separator):
@@ -212,6 +232,9 @@ class TextFiles(Sequence):
         self.file_ids = np.asarray(file_ids, np.int32)
         self.starts = np.asarray(starts, np.int64)
         self.ends = np.asarray(ends, np.int64)
+        if not (self.ends - self.starts).any():
+            raise UserError(f"{pattern!r}: {self.files[:5]} hold no text (empty files, or no "
+                            f"document by data.doc_separator={separator!r})")
         self._fds: dict[int, int] = {}
         self._pid = None
 
@@ -308,15 +331,12 @@ def read_tsv(path: str, header: bool = True) -> list[dict[str, str]]:
 
 def local_files(cfg, name: str) -> str:
     """The glob of split `name` (data.files); relative globs that match nothing from the
-    working directory are looked up under the shared data directory."""
-    files = dict(cfg.files)
+    working directory are looked up in the data home ($LM_DATA_DIR)."""
+    files = {k: v for k, v in dict(cfg.files).items() if v}
     if name not in files:
-        raise ValueError(f"no files for split {name!r}: set data.files.{name}=GLOB "
-                         f"(data.files has {sorted(files) or 'nothing'})")
-    pattern = os.path.expanduser(files[name])
-    if not os.path.isabs(pattern) and not glob.glob(pattern):
-        return str(paths.SHARED_DATA / pattern)
-    return pattern
+        raise UserError(f"no files for split {name!r}: set data.files.{name}=GLOB "
+                        f"(data.files has {sorted(files) or 'nothing'})")
+    return home.resolve(files[name])
 
 
 def text_source(cfg, split: str) -> Sequence[str]:

@@ -6,9 +6,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.models.config import ModelConfig
 from lm.models.gpt import check_length
 from lm.nn.attention import padding_mask
+from lm.nn.config import ModelConfig
 from lm.nn.layers import ACTIVATIONS, dense, embed, logits, norm
 from lm.nn.partitioning import param_init
 from lm.nn.transformer import Stack

@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.models.config import ModelConfig
 from lm.nn.attention import causal_mask, combine_masks, padding_mask
+from lm.nn.config import ModelConfig
 from lm.nn.layers import LMHead, embed, logits
 from lm.nn.transformer import DecodeIndex, Stack
 

@@ -12,18 +12,15 @@ a model, then passed down; an additive bias (T5 relative positions) is (B|1, N, 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm.nn.config import ModelConfig
 from lm.nn.layers import dense
 from lm.nn.partitioning import constrain, param_init
-
-if TYPE_CHECKING:  # lm.models imports lm.nn at runtime, not the other way round
-    from lm.models.config import ModelConfig
 
 # Logits of masked pairs. Finite (HF uses the dtype's min too), so a fully masked row gives a
 # uniform softmax instead of NaN; with any unmasked key it contributes exactly 0.

@@ -6,16 +6,13 @@ Params are float32; layers compute in `cfg.dtype`; logits come out float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm.nn.config import ModelConfig
 from lm.nn.partitioning import constrain, param_init
-
-if TYPE_CHECKING:
-    from lm.models.config import ModelConfig
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT

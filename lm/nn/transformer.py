@@ -9,18 +9,16 @@ nothing of the task.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lm.nn.attention import MultiHeadAttention, RelativePositionBias
+from lm.nn.config import ModelConfig
 from lm.nn.layers import Mlp, norm
 from lm.nn.partitioning import constrain
-
-if TYPE_CHECKING:
-    from lm.models.config import ModelConfig
 
 
 def _residual(x: jax.Array, sublayer: Callable, norm_fn: nn.Module, drop: Callable, prenorm: bool):

@@ -1,6 +1,4 @@
-"""Training: `train(config, workdir)` runs an experiment config (lm/train/loop.py)."""
+"""Training: `lm.train.loop.train(config, workdir)` runs an experiment config.
 
-from lm.train.loop import train
-from lm.train.state import TrainState
-
-__all__ = ["TrainState", "train"]
+Nothing is imported here, so that `lm.train.<module>` costs only what that module needs.
+"""

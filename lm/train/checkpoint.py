@@ -10,13 +10,18 @@
 Saves are atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it when every
 process has finished, so a `kill -9` at any moment leaves the last completed checkpoint
 loadable (half-written tmp directories are ignored and cleaned up on the next start).
+A checkpoint damaged later (a truncated file, a disk error) is moved to
+`checkpoints_damaged/` and the previous intact one is restored. The eval metrics of each
+save are written with it, so the best checkpoint survives restarts.
 """
 
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +31,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers
+
+from lm.errors import MissingFileError, UserError
 
 
 class ProcessJsonHandler(ocp.CheckpointHandler):
@@ -42,11 +49,14 @@ class ProcessJsonHandler(ocp.CheckpointHandler):
         path = self._path(directory)
         if not path.exists():
             found = sorted(p.name for p in directory.iterdir())
-            raise ValueError(
+            raise UserError(
                 f"{path} is missing: the checkpoint was written by another number of processes "
                 f"(found {found}); resume with the process count it was saved with"
             )
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 @ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
@@ -96,33 +106,42 @@ def abstract_like(state: Any) -> Any:
 
 
 class Checkpointer:
-    """Async, atomic checkpoints every `every` steps; keeps the last `keep` and the best.
+    """Async, atomic checkpoints every `every` steps (0: only forced saves); keeps the last
+    `keep` and the best.
 
     The best is by `best_metric` of the metrics passed to `save` ('min' or 'max'); it is
-    kept even when older than the last `keep`.
+    kept even when older than the last `keep`, and it is the one place that decides which
+    checkpoint is best (`best_step`): the metrics are saved with each checkpoint.
     """
 
-    def __init__(self, workdir: str, *, every: int, keep: int, best_metric: str | None = None,
-                 best_mode: str = "min", config: Mapping[str, Any] | None = None):
-        if every < 1 or keep < 1:
-            raise ValueError(f"checkpoint every={every} and keep={keep} must both be >= 1")
+    def __init__(self, workdir: str, *, every: int = 1, keep: int = 1,
+                 best_metric: str | None = None, best_mode: str = "min",
+                 config: Mapping[str, Any] | None = None, read_only: bool = False):
+        if every < 0 or keep < 1:
+            raise UserError(f"train.checkpoint_every={every} must be >= 0 (0 = only at the end) "
+                            f"and train.keep_checkpoints={keep} >= 1")
         if best_mode not in ("min", "max"):
-            raise ValueError(f"best_mode={best_mode!r} must be 'min' or 'max'")
+            raise UserError(f"train.best_mode={best_mode!r} must be 'min' or 'max'")
         if "://" not in workdir:  # orbax refuses relative paths (`--workdir runs/x`)
             workdir = os.path.abspath(workdir)
         self.directory = epath.Path(workdir) / "checkpoints"
         self.every, self.best_metric = every, best_metric
         self.config = json.loads(json.dumps(dict(config or {}), default=_jsonable))
+        metric_fn = (lambda m: m[best_metric]) if best_metric else None
         policies = [checkpoint_managers.LatestN(keep)]
         if best_metric:
             # BestN keeps the last n after sorting ascending: descending sort keeps the minimum.
             policies.append(checkpoint_managers.BestN(
-                get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
+                get_metric_fn=metric_fn, reverse=best_mode == "min", n=1,
                 keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            # best_fn makes orbax write each save's metrics next to it (and read them back
+            # after a restart): without it the best checkpoint is forgotten on resume.
+            best_fn=metric_fn, best_mode=best_mode,
             enable_async_checkpointing=True,
-            cleanup_tmp_directories=True,  # leftovers of a save that was killed midway
+            cleanup_tmp_directories=not read_only,  # leftovers of a save that was killed
+            read_only=read_only, create=not read_only,
         )
         handlers = dict(state=ocp.StandardCheckpointHandler(), data=ProcessJsonHandler(),
                         config=ocp.JsonCheckpointHandler())  # known up front: item_metadata
@@ -136,13 +155,22 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
+    def best_step(self) -> int | None:
+        """The step with the best saved metric (the latest when none was scored), or None."""
+        return self._manager.best_step()
+
+    def metrics(self, step: int) -> dict[str, float]:
+        """The eval metrics saved with `step` ({} when it was saved without any)."""
+        return dict(self._manager.metrics(step) or {})
+
     def save(self, step: int, state: Any, data_state: Any, metrics: Mapping[str, float] | None
              = None, force: bool = False) -> bool:
         """Starts an async save when `step` is a multiple of `every` (or `force`); True if so.
 
         Returns after the device→host copy, so the caller may donate `state` right away.
+        A save that cannot complete (no space, no permission) raises UserError saying where.
         """
-        if not force and step % self.every:
+        if not force and (not self.every or step % self.every):
             return False
         if step in self._manager.all_steps():
             return False  # e.g. the final save at a step that the periodic save already wrote
@@ -151,12 +179,36 @@ class Checkpointer:
             metrics = {self.best_metric: float(value)} if _finite(value) else None
         else:
             metrics = None
+        self._check_space(state)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ProcessJsonSave(data_state),
             config=ocp.args.JsonSave(self.config),
         )
-        return self._manager.save(step, args=args, metrics=metrics, force=True)
+        try:
+            return self._manager.save(step, args=args, metrics=metrics, force=True)
+        except OSError as e:  # a previous async save that failed surfaces here
+            raise self._save_error(step, e) from e
+
+    def _check_space(self, state: Any) -> None:
+        """Refuses to start a save that the disk cannot hold (it would fail half-written)."""
+        needed = sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
+        needed = needed // max(jax.process_count(), 1) + (1 << 20)  # each host writes its share
+        path = str(self.directory)
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        free = shutil.disk_usage(path).free
+        if free < needed:
+            raise UserError(
+                f"not enough disk space to save a checkpoint in {self.directory}: it needs "
+                f"about {_size(needed)}, {_size(free)} is free. Free space (or move the workdir),"
+                " then rerun the same command: training resumes from the last checkpoint "
+                f"(step {self.latest_step()})")
+
+    def _save_error(self, step: int, error: Exception) -> UserError:
+        return UserError(f"saving the checkpoint of step {step} in {self.directory} failed: "
+                         f"{error}. The last complete checkpoint is step "
+                         f"{self.latest_step()}; fix the cause, then rerun to resume from it")
 
     def restore(self, abstract_state: Any = None, step: int | None = None, *, data: bool = True
                 ) -> tuple[Any, Any, dict]:
@@ -166,11 +218,11 @@ class Checkpointer:
         take; None = the saved shapes, replicated (e.g. to read a pretraining run's params).
         `data=False` skips the data-iterator state (None), which only a run with the same
         process count can use. `extra` holds the saved `config` and the `step`. A checkpoint
-        of another model shape raises ValueError naming the parameters that differ.
+        of another model shape raises UserError naming the parameters that differ.
         """
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise MissingFileError(f"no checkpoint in {self.directory}")
         if abstract_state is None:
             abstract_state = self.saved_abstract_state(step)
         abstract_state = abstract_like(abstract_state)
@@ -181,6 +233,34 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         data_state = restored.data if data else None
         return restored.state, data_state, {"config": restored.config, "step": step}
+
+    def restore_latest_intact(self, abstract_state: Any, log=print) -> tuple[Any, Any, dict]:
+        """`restore` of the newest checkpoint that reads back whole.
+
+        A damaged one (unreadable file, truncated array) is moved to `checkpoints_damaged/`
+        (never deleted) with a message saying which and why, and the previous one is tried.
+        A checkpoint of another model shape is not damage: that error is raised at once.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                return self.restore(abstract_state, step)
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001  (any read failure means damage)
+                reason = " ".join(str(e).split())[:300] or type(e).__name__
+                moved = self._set_aside(step)
+                log(f"checkpoint step {step} is damaged ({type(e).__name__}: {reason}); moved "
+                    f"it to {moved} and trying the previous one")
+        raise MissingFileError(f"no intact checkpoint left in {self.directory}")
+
+    def _set_aside(self, step: int) -> epath.Path:
+        target = self.directory.parent / "checkpoints_damaged" / f"{step}-{int(time.time())}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(target))
+        multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self._manager.reload()
+        return target
 
     def saved_abstract_state(self, step: int) -> Any:
         """The saved state's tree of ShapeDtypeStructs (dicts and lists), replicated."""
@@ -196,19 +276,66 @@ class Checkpointer:
         problems = shape_mismatches(stored, _shapes_by_name(abstract_state))
         if problems:
             shown = "\n  ".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "")
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint {self.directory / str(step)} holds a model of another shape "
                 f"({len(problems)} mismatched parameters):\n  {shown}\n"
                 "Use a fresh --workdir, or the model config the checkpoint was saved with."
             )
 
     def wait(self) -> None:
-        """Blocks until every started save is on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until every started save is on disk (raises UserError if one failed)."""
+        try:
+            self._manager.wait_until_finished()
+        except OSError as e:
+            raise self._save_error(self.latest_step() or 0, e) from e
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
+
+
+def restore_params(workdir: str, step: int | str | None = None) -> tuple[Any, dict, int]:
+    """(model config, params, step) of a run's checkpoint: `step` = an int, 'latest' (None)
+    or 'best' (by the run's train.best_metric). The optimizer state is read and dropped."""
+    from lm.nn.config import ModelConfig
+
+    if not (epath.Path(os.path.abspath(workdir)) / "checkpoints").exists():
+        raise MissingFileError(f"{workdir} holds no checkpoint (expected {workdir}/checkpoints/"
+                               "<step>/, written by `python -m lm train`)")
+    ckpt = Checkpointer(workdir, read_only=True, **_best_of(workdir))
+    try:
+        if step == "best":  # a run without a best metric (or none scored yet): its latest
+            step = ckpt.best_step() if ckpt.best_metric else None
+        if step in (None, "latest"):
+            step = ckpt.latest_step()
+        if step is None or int(step) not in ckpt.all_steps():
+            raise MissingFileError(f"{workdir} has no checkpoint at step {step}; it has "
+                                   f"{ckpt.all_steps()}")
+        state, _, extra = ckpt.restore(None, int(step), data=False)
+    finally:
+        ckpt.close()
+    model = extra["config"].get("model")
+    if not model:
+        raise UserError(f"the checkpoint in {workdir} saved no config.model")
+    return ModelConfig(**model), state["params"], int(step)
+
+
+def _best_of(workdir: str) -> dict[str, str]:
+    """The run's best-checkpoint settings, from its config.json (empty when it has none)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return {}
+    train = json.loads(open(path).read()).get("train", {})
+    return {"best_metric": train.get("best_metric") or None,
+            "best_mode": train.get("best_mode", "min")}
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 def _finite(value: Any) -> bool:
@@ -225,6 +352,11 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
+
+
+# The exit status of a run stopped by SIGTERM/SIGINT after saving (EX_TEMPFAIL: try again),
+# so a scheduler can tell it from a finished run (0) and requeue it (scripts/launch_slurm.sh).
+PREEMPTED_EXIT = 75
 
 
 class Preemption:

@@ -1,16 +1,22 @@
 """The training loop: one readable function for every objective.
 
-    build model, tokenizer, data → sharded init → resume → iterate (train step; read the
-    previous step's metrics; eval; checkpoint) → final eval and checkpoint.
+    resolve the config → check it (lengths, vocabulary, batch vs devices) → data, sharded
+    init → resume or initialise → record the run → iterate (train step; read the previous
+    step's metrics; eval; checkpoint) → final eval and checkpoint.
 
+Nothing is written to the workdir until every check has passed: a failed start leaves the
+workdir as it found it (a new one is removed again). A resumed run must have the config it
+recorded, unless `allow_config_change` (the change is then logged with its step).
 The host reads each step's metrics one step late, after dispatching the next step, so it
 never waits on the device except at eval and checkpoint steps.
 """
 
 import functools
+import json
 import pathlib
+import shutil
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,87 +25,148 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lm import data, finetune, models
+from lm import data, models
 from lm.data import sources, tokenizers
-from lm.train import checkpoint, mfu, optim, sharding, step, tasks, windows
-from lm.train.metrics import MetricsWriter
+from lm.errors import UserError
+from lm.nn.config import ModelConfig
+from lm.train import checkpoint, mfu, objectives, optim, pretrained, sharding, step, windows
 from lm.train.state import TrainState
+from lm.train.writer import MetricsWriter
 
 # Objectives whose batches come from somewhere other than lm.data.make_iterator.
 ITERATORS = {"random_windows": windows.make_iterator}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = False
-          ) -> dict[str, float]:
+def log(*args) -> None:
+    """Prints on the lead process only (every host runs the same loop)."""
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = False,
+          allow_config_change: bool = False) -> dict[str, float]:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final
-    train and eval metrics, plus `best/<metric>` when `train.best_metric` is set."""
-    config = ml_collections.ConfigDict(config.to_dict())  # a copy: the tokenizer path may be set
+    train and eval metrics, `best/<metric>` of the best checkpoint when `train.best_metric` is
+    set, and `preempted` = 1.0 when SIGTERM/SIGINT stopped it early."""
+    workdir = pathlib.Path(workdir).absolute()
+    created = not workdir.exists()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the workdir {workdir} ({e.strerror}): choose a "
+                        "directory you can write to") from None
+    try:
+        run = _start(config, workdir, allow_config_change)
+    except BaseException:
+        if created and workdir.exists() and jax.process_index() == 0:
+            shutil.rmtree(workdir)  # a failed start leaves nothing behind
+        raise
+    return _train(run, quiet=quiet)
+
+
+class Run(NamedTuple):
+    """What the start-up resolved and checked; everything the loop iterates with."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    model_cfg: ModelConfig
+    model: Any
+    objective: objectives.Objective
+    mesh: Any
+    rules: Any
+    make_iter: Any  # (split, seed, batch_size, ...) -> iterator of host batches
+    train_iter: Any
+    state: TrainState
+    state_shardings: Any
+    ckpt: checkpoint.Checkpointer
+
+
+def _start(config, workdir: pathlib.Path, allow_config_change: bool) -> Run:
+    config = pretrained.resolve(config)
     t = config.train
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    model_cfg = models.ModelConfig(**config.model)
+    model_cfg = model_config(config.model)
+    check_lengths(config.data, model_cfg)
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
+    check_batch(t, mesh)
+    shard_index, shard_count = sharding.process_batch_shard(mesh)
     tokenizer = make_tokenizer(config.data, workdir, model_cfg.vocab_size)
     check_vocab(tokenizer.vocab_size, model_cfg.vocab_size)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    task = tasks.get_task(config.data.objective, model_cfg)
+    objective = objectives.get(config.data.objective, model_cfg)
     model = models.build(model_cfg)
-    tx, schedule = optim.make_optimizer(t)
+    tx, _ = optim.make_optimizer(t)
 
-    mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
-    shard_index, shard_count = sharding.process_batch_shard(mesh)
     make_iter = functools.partial(
         ITERATORS.get(config.data.objective) or data.make_iterator, config.data, tokenizer,
         process_index=shard_index, process_count=shard_count)
     train_iter = make_iter(split=config.data.train_split, seed=t.seed,
-                           batch_size=local_rows(t.batch_size, shard_count, t.grad_accum_steps))
+                           batch_size=t.batch_size // shard_count)
     example = peek(train_iter)
 
     def init_fn() -> TrainState:
-        params = tasks.init_params(task, model, jax.random.key(t.seed), example)
+        params = objectives.init_params(objective, model, jax.random.key(t.seed), example)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     state, state_shardings = sharding.init_sharded(init_fn, mesh, rules)
-    ckpt = checkpoint.Checkpointer(
-        str(workdir), every=t.checkpoint_every, keep=t.keep_checkpoints,
-        best_metric=t.best_metric or None, best_mode=t.best_mode, config=config.to_dict())
-    if ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(state)
+    checkpointer = functools.partial(
+        checkpoint.Checkpointer, str(workdir), every=t.checkpoint_every,
+        keep=t.keep_checkpoints, best_metric=t.best_metric or None, best_mode=t.best_mode,
+        config=config.to_dict())
+    ckpt = checkpointer() if (workdir / "checkpoints").is_dir() else None
+    if ckpt is not None and ckpt.latest_step() is not None:
+        state, data_state, _ = ckpt.restore_latest_intact(state, log=log)
         train_iter.set_state(data_state)
-    elif config.init.checkpoint or config.init.hf_dir:  # finetuning: a fresh run only
-        params = finetune.init_params(config, state.params)
-        state = state.replace(params=jax.device_put(params, state_shardings.params))
+        log(f"resuming from step {int(jax.device_get(state.step))} in {workdir}")
+    else:
+        if config.init.checkpoint or config.init.hf_dir:  # finetuning: a fresh run only
+            params = pretrained.init_params(config, state.params)
+            state = state.replace(params=jax.device_put(params, state_shardings.params))
+        log(f"fresh run in {workdir}")
+    record_config(workdir, config.to_dict(), int(jax.device_get(state.step)),
+                  allow_change=allow_config_change)
+    ckpt = ckpt or checkpointer()  # every check has passed: now it may create directories
+    return Run(config, workdir, model_cfg, model, objective, mesh, rules, make_iter, train_iter,
+               state, state_shardings, ckpt)
 
-    batch_sharding = sharding.batch_sharding(mesh)
+
+def _train(run: Run, *, quiet: bool) -> dict[str, float]:
+    config, t, state, ckpt = run.config, run.config.train, run.state, run.ckpt
+    tx, schedule = optim.make_optimizer(t)
+    batch_sharding = sharding.batch_sharding(run.mesh)
     train_step = jax.jit(
-        functools.partial(step.train_step, model=model, task=task, tx=tx, schedule=schedule,
-                          accum_steps=t.grad_accum_steps, dropout_seed=t.seed),
-        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
-        donate_argnums=0)
+        functools.partial(step.train_step, model=run.model, objective=run.objective, tx=tx,
+                          schedule=schedule, accum_steps=t.grad_accum_steps,
+                          dropout_seed=t.seed),
+        in_shardings=(run.state_shardings, batch_sharding),
+        out_shardings=(run.state_shardings, None), donate_argnums=0)
     # Eval results are replicated: every host can read them (and host metrics need them).
-    eval_step = jax.jit(functools.partial(step.eval_step, model=model, task=task),
-                        in_shardings=(state_shardings.params, batch_sharding),
-                        out_shardings=NamedSharding(mesh, PartitionSpec()))
-
-    eval_rows = local_rows(t.eval_batch_size or t.batch_size, shard_count)
+    eval_step = jax.jit(
+        functools.partial(step.eval_step, model=run.model, objective=run.objective),
+        in_shardings=(run.state_shardings.params, batch_sharding),
+        out_shardings=NamedSharding(run.mesh, PartitionSpec()))
+    _, shard_count = sharding.process_batch_shard(run.mesh)
+    eval_rows = (t.eval_batch_size or t.batch_size) // shard_count
     evaluate = lambda params: run_eval(
-        eval_step, params, eval_batches(make_iter, config.data.eval_split, t.eval_steps,
+        eval_step, params, eval_batches(run.make_iter, config.data.eval_split, t.eval_steps,
                                         seed=t.seed, batch_size=eval_rows),
-        task=task, mesh=mesh, host_metrics=task.host_metrics and task.host_metrics(config.data))
+        objective=run.objective, mesh=run.mesh,
+        host_metrics=run.objective.host_metrics and run.objective.host_metrics(config.data))
 
     # Per batch length: length-bucketed batches (finetuning) change it from step to step.
     flops_per_token = functools.cache(functools.partial(
-        mfu.model_flops_per_token, model_cfg, jax.eval_shape(lambda: state.params)))
-    peak = mfu.peak_flops(jax.devices()[0], model_cfg.dtype)
+        mfu.model_flops_per_token, run.model_cfg, jax.eval_shape(lambda: state.params)))
+    peak = mfu.peak_flops(jax.devices()[0], run.model_cfg.dtype)
 
     start = int(jax.device_get(state.step))
-    writer = MetricsWriter(workdir, total_steps=t.steps, initial_step=start, quiet=quiet,
-                           enabled=jax.process_index() == 0)
+    if start >= t.steps:
+        log(f"the run finished at step {start} (train.steps={t.steps}): nothing to do")
+        ckpt.close()
+        return {"step": float(start), **best_metrics(ckpt, t.best_metric)}
+    writer = MetricsWriter(run.workdir, total_steps=t.steps, initial_step=start,
+                           resumed=start > 0, quiet=quiet, enabled=jax.process_index() == 0)
     preemption = checkpoint.install_signal_handlers()
     meter = Throughput()
     last: dict[str, float] = {}
-    best: dict[str, float] = {}
-    pending = None  # (step, device metrics) not yet read by the host
+    pending = None  # (step, device metrics, batch length) not yet read by the host
 
     def read(pending, force_log: bool = False) -> None:
         """Fetch a finished step's metrics; stop on non-finite values; log every log_every."""
@@ -118,40 +185,56 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
             writer.write(s, values)
         last.update(values)
 
-    with sharding.use_mesh(mesh, rules):
+    stopped_early = False
+    with sharding.use_mesh(run.mesh, run.rules):
         if t.eval_at_start and start == 0:
             writer.write(0, evaluate(state.params))
         for s in range(start + 1, t.steps + 1):
-            host_batch = next(train_iter)
-            batch = sharding.host_batch_to_global(host_batch, mesh)
+            host_batch = next(run.train_iter)
+            batch = sharding.host_batch_to_global(host_batch, run.mesh)
             state, metrics = train_step(state, batch)
             if pending:
                 read(pending)
             pending = (s, metrics, host_batch["inputs"].shape[-1])
             writer.advance(s)
-            stop = preemption.should_stop(s) or s == t.steps
+            stopped_early = preemption.should_stop(s) and s < t.steps
+            stop = stopped_early or s == t.steps
             is_eval = (t.eval_every and s % t.eval_every == 0) or s == t.steps
-            if is_eval or stop or s % t.checkpoint_every == 0:
+            if is_eval or stop or (t.checkpoint_every and s % t.checkpoint_every == 0):
                 read(pending, force_log=stop)  # never save a state whose loss was not checked
                 pending = None
                 eval_metrics = evaluate(state.params) if is_eval else None
                 if eval_metrics:
                     writer.write(s, eval_metrics)
                     last.update(eval_metrics)
-                    update_best(best, eval_metrics, t.best_metric, t.best_mode)
-                ckpt.save(s, state, train_iter.get_state(), metrics=eval_metrics, force=stop)
+                ckpt.save(s, state, run.train_iter.get_state(), metrics=eval_metrics, force=stop)
                 meter.reset()
             if stop:
                 break
-    ckpt.close()
+    ckpt.wait()
     writer.close()
-    return {"step": float(jax.device_get(state.step)), **last, **best}
+    final_step = int(jax.device_get(state.step))
+    result = {"step": float(final_step), **last, **best_metrics(ckpt, t.best_metric)}
+    ckpt.close()
+    if stopped_early:
+        signal_name = getattr(preemption, "signal_name", None) or "preemption"
+        log(f"{signal_name}: saved step {final_step} in {ckpt.directory}; rerun the same "
+            f"command to resume (exit status {checkpoint.PREEMPTED_EXIT})")
+        result["preempted"] = 1.0
+    return result
 
 
-def run_eval(eval_step, params, batches, *, task: tasks.Task, mesh, host_metrics=None
-             ) -> dict[str, float]:
-    """`eval/<metric>` over `batches`: exact sums over every (non-padding) row, and the task's
-    host metrics (GLUE F1, ...) when it has them."""
+def best_metrics(ckpt: checkpoint.Checkpointer, metric: str) -> dict[str, float]:
+    """`best/<metric>` and `best/step` of the best checkpoint (orbax decides which it is)."""
+    step_ = ckpt.best_step() if metric else None
+    value = ckpt.metrics(step_).get(metric) if step_ is not None else None
+    return {} if value is None else {f"best/{metric}": value, "best/step": float(step_)}
+
+
+def run_eval(eval_step, params, batches, *, objective: objectives.Objective, mesh,
+             host_metrics=None) -> dict[str, float]:
+    """`eval/<metric>` over `batches`: exact sums over every (non-padding) row, and the
+    objective's host metrics (GLUE F1, ...) when it has them."""
     sums = None
     for batch in batches:
         out, host_out = eval_step(params, sharding.host_batch_to_global(batch, mesh))
@@ -159,14 +242,50 @@ def run_eval(eval_step, params, batches, *, task: tasks.Task, mesh, host_metrics
         if host_metrics:
             host_metrics.add(*jax.device_get(host_out))
     if sums is None:
-        raise ValueError("the eval split yielded no batches: check data.eval_split")
-    results = tasks.summarize(task, jax.device_get(sums))
+        raise UserError("the eval split yielded no batches: check data.eval_split")
+    results = objectives.summarize(objective, jax.device_get(sums))
     results.update(host_metrics.compute() if host_metrics else {})
     return {f"eval/{k}": float(v) for k, v in results.items()}
 
 
+# ---------------------------------------------------------------- start-up checks
+
+
+def model_config(fields: ml_collections.ConfigDict) -> ModelConfig:
+    """`ModelConfig(**config.model)`, with a bad field reported as a config error."""
+    try:
+        return ModelConfig(**fields)
+    except TypeError as e:  # an unknown field
+        raise UserError(f"config.model: {e}") from None
+    except ValueError as e:
+        raise UserError(f"config.model: {e}") from None
+
+
+def check_lengths(data_cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
+    if model_cfg.position == "learned" and data_cfg.seq_len > model_cfg.max_len:
+        raise UserError(
+            f"data.seq_len={data_cfg.seq_len} is longer than the model's position table, "
+            f"model.max_len={model_cfg.max_len}: lower data.seq_len or raise model.max_len")
+
+
+def check_batch(train_cfg: ml_collections.ConfigDict, mesh) -> None:
+    """Every micro-batch (and eval batch) splits evenly over the devices that hold the batch."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    accum = train_cfg.grad_accum_steps
+    if accum < 1 or train_cfg.batch_size % accum:
+        raise UserError(f"train.batch_size={train_cfg.batch_size} must be a multiple of "
+                        f"train.grad_accum_steps={accum}")
+    for key, rows in (("train.batch_size / train.grad_accum_steps", train_cfg.batch_size // accum),
+                      ("train.eval_batch_size", train_cfg.eval_batch_size or train_cfg.batch_size)):
+        if rows % shards:
+            raise UserError(
+                f"{key} = {rows} rows do not split over the {shards} devices that hold the "
+                f"batch (mesh data={mesh.shape['data']} × fsdp={mesh.shape['fsdp']}): use a "
+                f"multiple of {shards}")
+
+
 def make_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: pathlib.Path, vocab_size: int
-                   ) -> data.Tokenizer:
+                   ) -> "data.Tokenizer":
     """The data config's tokenizer. A sentencepiece one without a path is trained on the train
     split into `workdir/tokenizer.model` with the model's vocab_size (once: a resumed run
     reuses it), and `data_cfg.tokenizer.path` is set to it, in place."""
@@ -184,18 +303,53 @@ def make_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: pathlib.Path, v
 
 def check_vocab(tokenizer_vocab: int, model_vocab: int) -> None:
     if tokenizer_vocab > model_vocab:
-        raise ValueError(
+        raise UserError(
             f"the tokenizer has {tokenizer_vocab} ids but model.vocab_size={model_vocab}: set "
             f"--config.model.vocab_size={tokenizer_vocab} (or larger) or use a smaller vocabulary")
 
 
-def local_rows(global_rows: int, shard_count: int, multiple: int = 1) -> int:
-    """This process's rows of a global batch; each process's micro-batches must be equal."""
-    if global_rows % (shard_count * multiple):
-        raise ValueError(
-            f"batch_size={global_rows} must be a multiple of {shard_count} batch shards × "
-            f"{multiple} micro-batches (grad_accum_steps)")
-    return global_rows // shard_count
+def record_config(workdir: pathlib.Path, resolved: dict, step_: int, *, allow_change: bool
+                  ) -> None:
+    """Writes config.json for a fresh run; a resumed run must have the recorded config, or,
+    with `allow_change`, the change is appended to config_changes.jsonl with its step."""
+    path = workdir / "config.json"
+    resolved = json.loads(json.dumps(resolved, default=str))  # tuples as JSON has them
+    if jax.process_index() != 0:
+        return
+    if path.exists() and step_ > 0:
+        recorded = json.loads(path.read_text())
+        changes = config_diff(recorded, resolved)
+        if not changes:
+            return
+        if not allow_change:
+            shown = "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            raise UserError(
+                f"{workdir} holds a run of another config; resuming with this one would change"
+                f":\n  {shown}\nUse a fresh --workdir, drop these overrides, or pass "
+                "--allow_config_change to continue the run with them from step "
+                f"{step_}")
+        with open(workdir / "config_changes.jsonl", "a") as f:
+            f.write(json.dumps({"step": step_, "changes": changes}) + "\n")
+        log(f"config changed at step {step_}: {changes}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every leaf that differs."""
+    changes = {}
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.update(config_diff(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changes[f"{prefix}{key}"] = (a, b)
+    return changes
+
+
+# ---------------------------------------------------------------- helpers
 
 
 def peek(iterator) -> dict[str, np.ndarray]:
@@ -218,21 +372,19 @@ def eval_batches(make_iter, split: str, num_steps: int, *, seed: int, batch_size
 
 
 def check_finite(s: int, values: dict[str, float], ckpt: checkpoint.Checkpointer) -> None:
-    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
-    if bad:
-        ckpt.wait()  # let a save that is in flight finish: it holds the last good state
-        raise FloatingPointError(
-            f"non-finite training metrics at step {s}: {bad}. The last good checkpoint is "
-            f"step {ckpt.latest_step()} in {ckpt.directory} (lower train.lr or raise "
-            "train.warmup_steps, then rerun to resume from it)")
-
-
-def update_best(best: dict, metrics: dict, name: str, mode: str) -> None:
-    if not name or name not in metrics:
+    """Stops the run when the loss or the gradient norm is NaN/Inf (an overflowing perplexity
+    of a finite loss is not a failure)."""
+    watched = {k: values[k] for k in ("train/loss", "train/grad_norm") if k in values}
+    if all(np.isfinite(v) for v in watched.values()):
         return
-    key, value = f"best/{name}", metrics[name]
-    if key not in best or (value < best[key] if mode == "min" else value > best[key]):
-        best[key] = value
+    ckpt.wait()  # let a save that is in flight finish: it holds the last good state
+    shown = {k: v for k, v in values.items() if k in watched or k == "train/perplexity"}
+    good = ckpt.latest_step()
+    where = (f"The last good checkpoint is step {good} in {ckpt.directory}: lower train.lr or "
+             "raise train.warmup_steps, then rerun to resume from it" if good is not None else
+             "No checkpoint was saved before it: lower train.lr or raise train.warmup_steps "
+             "and start again")
+    raise FloatingPointError(f"non-finite training metrics at step {s}: {shown}. {where}")
 
 
 class Rates(NamedTuple):

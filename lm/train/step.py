@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lm.train import losses, tasks
+from lm.train import losses, objectives
 from lm.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -33,12 +33,13 @@ def split_micro_batches(batch: Batch, k: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
-def _micro_step(params, micro: Batch, rng, totals, *, model, task):
+def _micro_step(params, micro: Batch, rng, totals, *, model, objective):
     """(gradient of this micro-batch's share of the whole-batch loss, its metric sums)."""
     def loss_fn(p):
-        outputs = tasks.forward(task, model, p, micro, deterministic=False, rngs={"dropout": rng})
-        sums = tasks.metric_sums(task, outputs, micro)
-        return tasks.total_loss(task, sums, totals), sums
+        outputs = objectives.forward(objective, model, p, micro, deterministic=False,
+                                     rngs={"dropout": rng})
+        sums = objectives.metric_sums(objective, outputs, micro)
+        return objectives.total_loss(objective, sums, totals), sums
 
     grads, sums = jax.grad(loss_fn, has_aux=True)(params)
     return grads, sums
@@ -49,18 +50,18 @@ def train_step(
     batch: Batch,
     *,
     model: nn.Module,
-    task: tasks.Task,
+    objective: objectives.Objective,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     accum_steps: int = 1,
     dropout_seed: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update from one global batch; metrics are device scalars."""
-    totals = tasks.term_weights(task, batch)
+    totals = objectives.term_weights(objective, batch)
     micro = split_micro_batches(batch, accum_steps)
     rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
     grad_fn = lambda i, mb: _micro_step(
-        state.params, mb, jax.random.fold_in(rng, i), totals, model=model, task=task
+        state.params, mb, jax.random.fold_in(rng, i), totals, model=model, objective=objective
     )
     carry = grad_fn(0, jax.tree.map(lambda x: x[0], micro))
     if accum_steps > 1:
@@ -72,14 +73,15 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
     )
-    metrics = tasks.summarize(task, sums)
+    metrics = objectives.summarize(objective, sums)
     metrics.update(grad_norm=optax.global_norm(grads), lr=schedule(state.step))
     return new_state, metrics
 
 
-def eval_step(params: Any, batch: Batch, *, model: nn.Module, task: tasks.Task
+def eval_step(params: Any, batch: Batch, *, model: nn.Module, objective: objectives.Objective
               ) -> tuple[dict[str, losses.Sum], tuple | None]:
     """Metric sums of one eval batch (padding rows weigh 0; add them up, then summarize),
     and the outputs the task's host metrics need (None for most tasks)."""
-    outputs = tasks.forward(task, model, params, batch, deterministic=True)
-    return tasks.metric_sums(task, outputs, batch), tasks.host_outputs(task, outputs, batch)
+    outputs = objectives.forward(objective, model, params, batch, deterministic=True)
+    return (objectives.metric_sums(objective, outputs, batch),
+            objectives.host_outputs(objective, outputs, batch))

@@ -3,6 +3,7 @@
 import json
 import math
 import pathlib
+import sys
 from typing import Any
 
 import tensorboardX
@@ -12,18 +13,25 @@ import tqdm
 class MetricsWriter:
     """Writes `{step, train/..., eval/...}` records; only the lead process (index 0) writes.
 
-    `quiet` replaces the progress bar by one plain line per record (for logs of batch jobs).
+    A resumed run first drops the records past `initial_step` (steps trained after the last
+    checkpoint by a run that was killed; a fresh start drops them all), so metrics.jsonl and
+    TensorBoard always hold exactly what an uninterrupted run writes. The progress bar is
+    drawn only on a terminal; `quiet` (or a log file) gives one plain line per record.
     """
 
     def __init__(self, workdir: str | pathlib.Path, *, total_steps: int, initial_step: int = 0,
+                 resumed: bool = False,
                  quiet: bool = False, enabled: bool = True):
         self.enabled, self.quiet = enabled, quiet
         if not enabled:
             return
         workdir = pathlib.Path(workdir)
+        truncate_records(workdir / "metrics.jsonl", initial_step if resumed else -1)
         self._jsonl = open(workdir / "metrics.jsonl", "a")
-        self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
-        self._bar = None if quiet else tqdm.tqdm(
+        # purge_step: TensorBoard drops the events a killed run wrote past the restored step.
+        self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"),
+                                              purge_step=initial_step + 1 if resumed else 0)
+        self._bar = None if quiet or not sys.stderr.isatty() else tqdm.tqdm(
             total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
         )
 
@@ -64,6 +72,18 @@ class MetricsWriter:
 
 
 _SHOWN = ("train/loss", "train/tokens_per_s")
+
+
+def truncate_records(path: pathlib.Path, last_step: int) -> None:
+    """Drops the records of metrics.jsonl whose step is past `last_step` (atomically)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(path)
 
 
 def _fmt(v: float) -> str:

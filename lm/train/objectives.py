@@ -1,6 +1,6 @@
 """Per data objective: how a batch feeds the model and which losses and metrics come out.
 
-A task is data, not code paths: which batch keys feed the model, and its loss terms. Each
+An objective is data, not code paths: which batch keys feed the model, and its loss terms. Each
 term names the model output it scores, the batch key with its labels, and its per-item
 weights. The loss is the sum over terms of (Σ weight·loss) / (Σ weight over the WHOLE batch),
 which is what makes gradient accumulation exact (step.py).
@@ -14,6 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm import metrics
+from lm.data import glue
+from lm.errors import UserError
 from lm.train import losses
 
 Batch = dict[str, jax.Array]
@@ -31,7 +34,7 @@ class Term:
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
+class Objective:
     inputs: ModelInputs
     terms: tuple[Term, ...]
     perplexity: bool = False  # report exp(loss) (token-level LM objectives)
@@ -41,19 +44,19 @@ class Task:
     host_metrics: Callable[[Any], Any] | None = None
 
 
-def forward(task: Task, model: nn.Module, params: Any, batch: Batch, *, deterministic: bool,
-            rngs: dict | None = None) -> Any:
-    args, kwargs = task.inputs(batch)
+def forward(objective: Objective, model: nn.Module, params: Any, batch: Batch, *,
+            deterministic: bool, rngs: dict | None = None) -> Any:
+    args, kwargs = objective.inputs(batch)
     return model.apply({"params": params}, *args, **kwargs, deterministic=deterministic, rngs=rngs)
 
 
-def init_params(task: Task, model: nn.Module, rng: jax.Array, batch: Batch) -> Any:
+def init_params(objective: Objective, model: nn.Module, rng: jax.Array, batch: Batch) -> Any:
     """Freshly initialised params (nn.Partitioned-boxed) for inputs shaped like `batch`."""
-    args, kwargs = task.inputs(batch)
+    args, kwargs = objective.inputs(batch)
     return model.init({"params": rng}, *args, **kwargs, deterministic=True)["params"]
 
 
-# --- model inputs (argument names follow CONTRACT.md's call signatures) ---
+# --- model inputs (the keyword names of each model's __call__) ---
 
 def _gpt_inputs(batch):
     return (batch["inputs"],), dict(
@@ -103,47 +106,43 @@ _REGRESSION = dataclasses.replace(_CLASSES, loss=_squared_error_1d)
 
 
 class GlueMetrics:
-    """The official GLUE metrics of `data.task` (lm/metrics.py), exact over the whole split."""
+    """The official metrics of GLUE task `data.task` (lm.metrics), exact over the whole split."""
 
     def __init__(self, task: str):
-        from lm import metrics  # GLUE metric definitions, owned by the finetuning code
-
-        self._metrics = metrics
         self._acc = metrics.Accumulator(task)
 
     def add(self, logits_BxC, labels_B, weights_B) -> None:
-        self._acc.add(self._metrics.predictions_from_logits(logits_BxC), labels_B, weights_B)
+        self._acc.add(metrics.predictions_from_logits(logits_BxC), labels_B, weights_B)
 
     def compute(self) -> dict[str, float]:
         return self._acc.compute()
 
 
 def _glue_metrics(data_cfg: Any) -> GlueMetrics | None:
-    from lm import metrics
-
-    return GlueMetrics(data_cfg.task) if data_cfg.get("task") in metrics.TASKS else None
+    return GlueMetrics(data_cfg.task) if data_cfg.get("task") in glue.TASKS else None
 
 
 # Keyed by `config.data.objective`. Classification scores with MSE when the model has a
 # single output (num_labels == 1: regression, e.g. STS-B).
-TASKS: dict[str, Callable[[Any], Task]] = {
-    "causal": lambda model_cfg: Task(_gpt_inputs, (_LM,), perplexity=True),
-    "random_windows": lambda model_cfg: Task(_gpt_inputs, (_LM,), perplexity=True),  # nanoGPT
-    "mlm": lambda model_cfg: Task(_bert_inputs, (_MLM,)),
-    "mlm_nsp": lambda model_cfg: Task(_bert_inputs, (_MLM, _NSP)),
-    "span_corruption": lambda model_cfg: Task(_t5_inputs, (_LM,), perplexity=True),
-    "classification": lambda model_cfg: Task(
+OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
+    "causal": lambda model_cfg: Objective(_gpt_inputs, (_LM,), perplexity=True),
+    "random_windows": lambda model_cfg: Objective(_gpt_inputs, (_LM,), perplexity=True),  # nanoGPT
+    "mlm": lambda model_cfg: Objective(_bert_inputs, (_MLM,)),
+    "mlm_nsp": lambda model_cfg: Objective(_bert_inputs, (_MLM, _NSP)),
+    "span_corruption": lambda model_cfg: Objective(_t5_inputs, (_LM,), perplexity=True),
+    "classification": lambda model_cfg: Objective(
         _bert_inputs, (_REGRESSION if model_cfg.num_labels == 1 else _CLASSES,),
         host_metrics=_glue_metrics,
     ),
 }
 
 
-def get_task(objective: str, model_cfg: Any) -> Task:
-    if objective not in TASKS:
-        raise ValueError(
-            f"no training task for data.objective={objective!r}; known: {sorted(TASKS)}")
-    return TASKS[objective](model_cfg)
+def get(objective: str, model_cfg: Any) -> Objective:
+    """The objective named by `data.objective`, for a model of `model_cfg`."""
+    if objective not in OBJECTIVES:
+        raise UserError(
+            f"no training objective data.objective={objective!r}; known: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[objective](model_cfg)
 
 
 def _prefixed(term: Term, metric: str) -> str:
@@ -154,37 +153,38 @@ def loss_key(term: Term) -> str:
     return _prefixed(term, "loss")
 
 
-def term_weights(task: Task, batch: Batch) -> dict[str, jax.Array]:
+def term_weights(objective: Objective, batch: Batch) -> dict[str, jax.Array]:
     """Σ weight of each term's loss over `batch` (the normaliser of that term)."""
-    return {loss_key(t): jnp.sum(t.weights(batch).astype(jnp.float32)) for t in task.terms}
+    return {loss_key(t): jnp.sum(t.weights(batch).astype(jnp.float32)) for t in objective.terms}
 
 
-def metric_sums(task: Task, outputs: Any, batch: Batch) -> dict[str, losses.Sum]:
+def metric_sums(objective: Objective, outputs: Any, batch: Batch) -> dict[str, losses.Sum]:
     """`{metric: (sum, weight)}` of every term, e.g. mlm_loss, mlm_accuracy, nsp_loss, ..."""
     sums = {}
-    for t in task.terms:
+    for t in objective.terms:
         for metric, s in t.loss(t.logits(outputs), batch[t.labels], t.weights(batch)).items():
             sums[_prefixed(t, metric)] = s
     return sums
 
 
-def total_loss(task: Task, sums: dict[str, losses.Sum], totals: dict[str, jax.Array]) -> jax.Array:
+def total_loss(objective: Objective, sums: dict[str, losses.Sum],
+               totals: dict[str, jax.Array]) -> jax.Array:
     """Σ over terms of loss-sum / whole-batch weight (`totals` from term_weights)."""
-    return sum(sums[k][0] / jnp.maximum(totals[k], 1e-9) for k in map(loss_key, task.terms))
+    return sum(sums[k][0] / jnp.maximum(totals[k], 1e-9) for k in map(loss_key, objective.terms))
 
 
-def host_outputs(task: Task, outputs: Any, batch: Batch) -> tuple | None:
-    """What eval hands to `task.host_metrics`: the first term's (logits, labels, weights)."""
-    if task.host_metrics is None:
+def host_outputs(objective: Objective, outputs: Any, batch: Batch) -> tuple | None:
+    """What eval hands to `objective.host_metrics`: the first term's (logits, labels, weights)."""
+    if objective.host_metrics is None:
         return None
-    t = task.terms[0]
+    t = objective.terms[0]
     return t.logits(outputs), batch[t.labels], t.weights(batch)
 
 
-def summarize(task: Task, sums: dict[str, losses.Sum]) -> dict[str, jax.Array]:
+def summarize(objective: Objective, sums: dict[str, losses.Sum]) -> dict[str, jax.Array]:
     """Final metrics from accumulated sums: each mean, the total `loss`, and `perplexity`."""
     means = losses.finalize(sums)
-    means["loss"] = sum(means[loss_key(t)] for t in task.terms)
-    if task.perplexity:
+    means["loss"] = sum(means[loss_key(t)] for t in objective.terms)
+    if objective.perplexity:
         means["perplexity"] = jnp.exp(means["loss"])
     return means

@@ -1,0 +1,384 @@
+"""The experiment contract: block defaults, experiment files, sweeps and command-line overrides.
+
+An experiment file `experiments/<name>.py` defines `get_config(arg) -> ConfigDict` with the
+blocks `model` (`ModelConfig` fields), `data` (`lm.data.config`), `train`, `mesh` and `init`
+(defaults below), lists its `ARGS`, and may define `get_sweep(arg) -> Sweep`. Every command
+loads it the same way and applies `--config.<dotted.key>=<value>` overrides with one typed
+parser: an unknown key lists the valid keys near it, a value that does not parse as the
+field's type names the key.
+
+This module imports no jax (a typo in a flag fails in a fraction of a second), and
+experiment files import only it (plus constants of `lm.data`, `lm.models`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import itertools
+import pathlib
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+
+from lm.data.config import default_config as data_config
+from lm.errors import MissingFileError, UserError
+from lm.models.config import model_config
+
+__all__ = ["ConfigError", "Sweep", "base_config", "chain", "data_config", "load", "load_sweep",
+           "model_config", "model_fields", "override", "parse_arg", "pick", "product", "zip_"]
+
+ConfigDict = ml_collections.ConfigDict
+Point = dict[str, Any]
+
+
+class ConfigError(UserError):
+    """An experiment file, arg or override that cannot be applied."""
+
+
+# ---------------------------------------------------------------- block defaults
+
+
+def default_train_config() -> ConfigDict:
+    """Every `train` field with its default (one place; experiment files set a few)."""
+    return ConfigDict(dict(
+        steps=1000,  # optimizer steps (derived from `epochs` when that is > 0)
+        # > 0: train this many passes over the train split; the trainer sets `steps` from the
+        # split's size (classification), so fields derived from `steps` follow.
+        epochs=0,
+        steps_per_epoch=0,  # set by the trainer when epochs > 0; per-epoch cadences derive from it
+        batch_size=32,  # global rows per optimizer step (all hosts, all micro-batches)
+        grad_accum_steps=1,  # micro-batches per step; batch_size must be a multiple
+        lr=1e-3,
+        min_lr=0.0,  # lr reached at decay_steps
+        schedule="cosine",  # 'cosine' | 'linear' | 'constant'
+        warmup_steps=0,
+        decay_steps=0,  # 0 = steps
+        weight_decay=0.0,
+        decay_embeddings=False,  # also decay embedding tables (nanoGPT does: all 2-D params)
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        clip_norm=1.0,  # global-norm clipping; 0 = off
+        seed=0,  # params init, dropout and data order
+        log_every=10,
+        eval_every=100,  # 0 = only at the end
+        eval_steps=-1,  # eval batches per evaluation; -1 = the whole split once
+        eval_batch_size=0,  # 0 = batch_size
+        eval_at_start=False,  # nanoGPT evaluates before the first step
+        checkpoint_every=500,  # 0 = only at the end (and when stopped by SIGTERM)
+        keep_checkpoints=2,
+        best_metric="",  # e.g. 'eval/loss': also keep the best checkpoint by it
+        best_mode="min",  # 'min' | 'max'
+    ))
+
+
+def default_mesh_config() -> ConfigDict:
+    """Device mesh shape (-1 = all remaining devices)."""
+    return ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+
+def default_init_config() -> ConfigDict:
+    """Where initial params come from when not random (finetuning). With either set, the
+    model's architecture (and, when data.tokenizer.path is empty, the tokenizer) come from
+    that source at start-up; config.model keeps only its free fields (dropout, dtype, heads...).
+    """
+    return ConfigDict(dict(
+        checkpoint="",  # a workdir of this project: its latest params
+        hf_dir="",  # a Hugging Face checkpoint directory, or 'minilm' (all-MiniLM-L6-v2)
+    ))
+
+
+def base_config() -> ConfigDict:
+    """Top level with default `train`, `mesh`, `init`; `model` and `data` are set by the file."""
+    return ConfigDict(dict(
+        model={}, data=data_config(), train=default_train_config(), mesh=default_mesh_config(),
+        init=default_init_config(),
+    ))
+
+
+def model_fields(family: str, size: str = "base", **overrides: Any) -> dict[str, Any]:
+    """`config.model` for `family` at `size` (the size table), with field overrides."""
+    return dataclasses.asdict(model_config(family, size, **overrides))
+
+
+# ---------------------------------------------------------------- experiment args
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
+    """Parse an experiment's `arg`, e.g. 'tiny,nsp=False' with defaults size='base', nsp=True.
+
+    A bare value sets the first default (the size); `key=value` sets that key, typed like its
+    default. Unknown keys are errors.
+    """
+    result = ConfigDict(defaults)
+    first = next(iter(defaults), None)
+    for part in filter(None, (arg or "").split(",")):
+        key, sep, text = part.partition("=")
+        key, text = (key.strip(), text.strip()) if sep else (first, part.strip())
+        if key not in defaults:
+            raise ConfigError(
+                f"unknown experiment arg {key!r} in {arg!r}; valid: {sorted(defaults)}")
+        result[key] = parse_value(text, defaults[key], name=f"experiment arg {key}")
+    return result
+
+
+def pick(table: dict[str, Any], name: str, what: str = "size") -> Any:
+    """`table[name]`, or an error that lists the valid names."""
+    if name not in table:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of {sorted(table)}")
+    return table[name]
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """The points of a sweep (dotted-key overrides) and the eval metric that ranks them.
+
+    The runner makes `metric` each point's `train.best_metric`, so a point's best checkpoint
+    and its rank in the table are decided by the same number.
+    """
+
+    points: list[Point]
+    metric: str = "eval/loss"
+    mode: str = "min"  # 'min' | 'max'
+
+    def __post_init__(self):
+        if not self.points:
+            raise ConfigError("a sweep needs at least one point")
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"sweep mode={self.mode!r} must be 'min' or 'max'")
+
+
+def product(**axes: Sequence[Any]) -> list[Point]:
+    """Every combination of the axes' values; the first axis varies slowest.
+
+    Keys are dotted config paths: `product(**{"train.lr": [1e-4, 3e-4], "train.seed": [0]})`.
+    """
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+
+
+def zip_(**axes: Sequence[Any]) -> list[Point]:
+    """The i-th point takes the i-th value of every axis (all axes have the same length)."""
+    lengths = {key: len(values) for key, values in axes.items()}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(f"zip_ needs axes of equal length; got {lengths}")
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in zip(*axes.values())]
+
+
+def chain(*grids: Sequence[Point]) -> list[Point]:
+    """The points of several grids, one after the other."""
+    return [dict(point) for grid in grids for point in grid]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """`experiments/x.py:arg` -> (`experiments/x.py`, `arg`)."""
+    path, _, arg = spec.partition(":")
+    return path, (arg or None)
+
+
+def load_module(path: str | pathlib.Path) -> ModuleType:
+    """Import an experiment file by path (experiments/ is not a package)."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise MissingFileError(f"experiment file {str(path)!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"experiment_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg)")
+    return module
+
+
+def load(spec: str, overrides: dict[str, str] | None = None) -> ConfigDict:
+    """`path/to/file.py[:arg]` → its `get_config(arg)` with `{dotted key: text}` applied.
+
+    The overrides go into the freshly built ConfigDict in place, so the fields an experiment
+    derives with FieldReferences (warmup = steps // 20, ...) follow the overridden values.
+    """
+    path, arg = split_spec(spec)
+    config = load_module(path).get_config(arg)
+    for key, text in (overrides or {}).items():
+        override(config, key, text)
+    return config
+
+
+def load_sweep(spec: str) -> Sweep:
+    """The `Sweep` of the experiment file's `get_sweep(arg)`."""
+    path, arg = split_spec(spec)
+    module = load_module(path)
+    if not hasattr(module, "get_sweep"):
+        raise ConfigError(f"{path} defines no get_sweep(arg); it cannot be swept")
+    sweep = module.get_sweep(arg)
+    if not isinstance(sweep, Sweep):
+        raise ConfigError(f"{path}: get_sweep must return lm.config.Sweep(points, metric, mode)"
+                          f", got {type(sweep).__name__}")
+    return sweep
+
+
+def to_dict(config: ConfigDict) -> dict[str, Any]:
+    """A plain dict with every FieldReference resolved."""
+    return config.to_dict()
+
+
+# ---------------------------------------------------------------- overrides
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", tuple: "a tuple",
+          list: "a list", str: "text"}
+
+
+def parse_value(text: str, current: Any, *, name: str) -> Any:
+    """Parse command-line `text` to the type of the field's `current` value; `name` (e.g.
+    '--config.train.lr') is what an error message calls the field."""
+    kind = type(current)
+    try:
+        if kind is bool:
+            if text.lower() not in _TRUE | _FALSE:
+                raise ValueError
+            return text.lower() in _TRUE
+        if kind in (int, float):
+            value = ast.literal_eval(text)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError
+            if kind is int and value != int(value):
+                raise ValueError
+            return kind(value)
+        if kind is str:
+            return text
+        if kind in (tuple, list):
+            return kind(_sequence(text))
+        if isinstance(current, (dict, ConfigDict)):
+            raise ValueError
+        return _literal_or_str(text)  # None (or any other) field: a Python literal, else text
+    except (ValueError, SyntaxError):
+        raise ConfigError(
+            f"{name}={text!r}: expected {_KINDS.get(kind, kind.__name__)} like the current "
+            f"value {current!r}"
+        ) from None
+
+
+def _sequence(text: str) -> list[Any]:
+    """'(mlm,nsp)', '[1, 2]', 'mlm,nsp', '()' or 'mlm' -> a list of literals or strings."""
+    text = text.strip()
+    try:
+        value = ast.literal_eval(text)
+        if isinstance(value, (tuple, list)):
+            return list(value)
+    except (ValueError, SyntaxError):
+        pass
+    if text[:1] in "([" and text[-1:] in ")]":
+        text = text[1:-1]
+    return [_literal_or_str(t.strip()) for t in text.split(",") if t.strip()]
+
+
+def _literal_or_str(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of `config`."""
+    keys = []
+    for k, v in config.items():
+        if isinstance(v, ConfigDict) and len(v):
+            keys.extend(flat_keys(v, f"{prefix}{k}."))
+        else:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def override(config: ConfigDict, key: str, text: str) -> None:
+    """Set dotted `key` from command-line `text`, in place (typed like the current value)."""
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, ConfigDict) else None
+        if node is None:
+            break
+    if not isinstance(node, ConfigDict) or leaf not in node:
+        raise ConfigError(_unknown_key_message(config, key))
+    if isinstance(node[leaf], ConfigDict) and len(node[leaf]):
+        raise ConfigError(f"--config.{key} is a block, not a value: set one of its keys, e.g. "
+                          f"--config.{key}.{next(iter(node[leaf]))}=...")
+    node[leaf] = parse_value(text, node[leaf], name=f"--config.{key}")
+
+
+def _unknown_key_message(config: ConfigDict, key: str) -> str:
+    valid = flat_keys(config)
+    near = difflib.get_close_matches(key, valid, n=5, cutoff=0.6)
+    section = [k for k in valid if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0]]
+    hint = near or section[:20] or sorted({k.split(".")[0] for k in valid})
+    return f"unknown config key {key!r}; did you mean one of: {', '.join(hint)}"
+
+
+def flag_value(value: Any) -> str:
+    """The command-line text that `parse_value` reads back as `value`."""
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(flag_value(v) for v in value) + ("," if len(value) == 1 else "") \
+            + ")"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def as_flags(point: Point) -> list[str]:
+    """`{"train.lr": 5e-05}` -> `["--config.train.lr=5e-05"]`."""
+    return [f"--config.{key}={flag_value(value)}" for key, value in point.items()]
+
+
+def split_overrides(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(other args, {dotted key: text}): `--config.<key>=<value>` or `--config.<key> <value>`."""
+    rest, overrides, i = [], {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--config."):
+            rest.append(arg)
+            i += 1
+            continue
+        key, eq, value = arg[len("--config."):].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"{arg} needs a value: {arg}=VALUE")
+            value, i = args[i + 1], i + 1
+        overrides[key] = value
+        i += 1
+    return rest, overrides
+
+
+def command_parser(prog: str, doc: str, *, config_required: bool = True
+                   ) -> argparse.ArgumentParser:
+    """An argparse parser with the `--config experiments/<file>.py[:<arg>]` flag every command
+    takes; add the command's own flags, then call `parse_command_line`."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=config_required,
+                        help="experiments/<file>.py[:<arg>], then --config.<key>=<value> ...")
+    return parser
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]
+                       ) -> tuple[argparse.Namespace, dict[str, str]]:
+    """(the command's flags, {dotted key: text}); anything else is a usage error."""
+    flags, rest = parser.parse_known_args(list(argv))
+    try:
+        rest, overrides = split_overrides(rest)
+    except ConfigError as e:
+        parser.error(str(e))
+    if rest:
+        parser.error(f"unrecognized arguments {rest}; config overrides look like "
+                     "--config.train.lr=3e-4")
+    return flags, overrides

@@ -1,0 +1,111 @@
+"""GLUE-style classification records from TFDS or TSV files, encoded for BERT.
+
+Every record becomes {'texts': (a,) or (a, b), 'label': int | float, 'idx': int}; the task's
+files, columns and labels come from `lm.data.glue`.
+
+`data.source`: 'tfds' (TFDS `glue/<task>`), 'tsv' (GLUE TSV files: `data.files.<split>`, else
+`data.data_dir`, else `$LM_DATA_DIR/glue/<TASK>`), or 'glue': TFDS when it is prepared, else
+the TSV files. TFDS and the TSVs hold the same examples (same `idx`, text and label), in
+another order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from lm.data import glue, home, sources
+from lm.data.bert import bert_example
+from lm.data.tokenizers import Tokenizer
+from lm.errors import MissingFileError, UserError
+
+TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
+
+
+@dataclasses.dataclass
+class TfdsRecords(Sequence):
+    records: Sequence[dict]
+    task: glue.GlueTask
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        r = self.records[i]
+        return {"texts": tuple(sources.as_str(r[k]) for k in self.task.texts),
+                "label": r["label"], "idx": int(r["idx"])}
+
+
+def _tsv_label(task: glue.GlueTask, value: str) -> int | float:
+    if task.labels is None:
+        return float(value)
+    if task.tsv_label_names:
+        return task.labels.index(value) if value in task.labels else -1
+    return int(value) if value.lstrip("-").isdigit() else -1  # test files: no label
+
+
+def tsv_records(path: str, task: glue.GlueTask) -> list[dict]:
+    rows = sources.read_tsv(path, header=task.header)
+    for i, r in enumerate(rows):
+        missing = [c for c in task.tsv_texts if c not in r]
+        if missing:
+            raise UserError(f"{path} row {i} lacks columns {missing}; it has {sorted(r)}")
+    return [{"texts": tuple(r[c] for c in task.tsv_texts),
+             "label": _tsv_label(task, r.get(task.tsv_label, "")), "idx": i}
+            for i, r in enumerate(rows)]
+
+
+def _tsv_split(files: dict, data_dir: str, task: glue.GlueTask, split: str) -> Sequence[dict]:
+    base = data_dir or home.resolve(os.path.join("glue", task.tsv_dir))
+
+    def load(name: str) -> list[dict]:
+        path = files.get(name) or os.path.join(base, TSV_FILES.get(name, name))
+        if not os.path.exists(path):
+            raise MissingFileError(
+                f"no TSV for split {name!r} of {task.name} at {path}: run `python -m lm data "
+                f"prepare glue/{task.name}` (or set data.files.{name} / data.data_dir)")
+        return tsv_records(path, task)
+
+    names = {p[0] for p in sources.parse_split(split)}
+    return sources.apply_split(split, {n: load(n) for n in names})
+
+
+def records(cfg, split: str) -> Sequence[dict]:
+    """The records of `split` of task `cfg.task` (see the module docstring for the source)."""
+    task = glue.get(cfg.task)
+    source, tfds_dir, tsv_dir = cfg.source, cfg.data_dir, cfg.data_dir
+    if source == "glue":  # data_dir is TFDS's; the TSV fallback reads the data home
+        source = "tfds" if home.tfds_prepared(task.tfds_name, tfds_dir) else "tsv"
+        tsv_dir = ""
+    if source == "tfds":
+        return TfdsRecords(sources.tfds_records(task.tfds_name, split, tfds_dir), task)
+    if source == "tsv":
+        files = {k: v for k, v in dict(cfg.files).items() if v}
+        return _tsv_split(files, tsv_dir, task, split)
+    raise UserError(f"data.source={cfg.source!r} for a classification task: use 'glue', "
+                    "'tfds' or 'tsv'")
+
+
+def num_examples(cfg, split: str) -> int:
+    """How many examples `split` holds (epochs → steps)."""
+    return len(records(cfg, split))
+
+
+def classification_example(record: dict, tok: Tokenizer, seq_len: int,
+                           num_labels: int) -> dict[str, np.ndarray]:
+    """`[CLS] a [SEP] (b [SEP])`, truncating the longer text first to fit seq_len."""
+    texts = [tok.encode(t) for t in record["texts"]]
+    budget = seq_len - 1 - len(texts)
+    while sum(map(len, texts)) > budget:
+        longest = max(texts, key=len)
+        longest.pop()
+    example = bert_example(texts[0], texts[1] if len(texts) > 1 else None, tok, seq_len)
+    dtype = np.float32 if num_labels == 1 else np.int32
+    example.update(labels=np.asarray(record["label"], dtype),
+                   example_weights=np.float32(1.0), idx=np.int32(record["idx"]))
+    return example
