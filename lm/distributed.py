@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import jax
 
+from lm.errors import UserError
+
 ENV_COORDINATOR = "LM_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "LM_NUM_PROCESSES"
 ENV_PROCESS_ID = "LM_PROCESS_ID"
@@ -31,7 +33,7 @@ def _env_int(name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"${name}={value!r} must be an integer") from None
+        raise UserError(f"${name}={value!r} must be an integer") from None
 
 
 def cluster_detected(environ: Mapping[str, str] | None = None) -> str | None:
@@ -74,13 +76,13 @@ def initialize(
     given = [k for k, v in explicit.items() if v is not None]
     if given and len(given) != 3:
         missing = sorted(set(explicit) - set(given))
-        raise ValueError(
+        raise UserError(
             f"multi-process start needs coordinator_address, num_processes and process_id "
             f"together; got {given}, missing {missing} (flags or ${ENV_COORDINATOR}, "
             f"${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID})"
         )
     if given and not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id={process_id} must be in [0, num_processes={num_processes})")
+        raise UserError(f"process_id={process_id} must be in [0, num_processes={num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if given:
         if num_processes == 1:

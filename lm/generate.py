@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm.errors import UserError
+
 
 def _pick(logits_BxV: jax.Array, key: jax.Array, temperature: float) -> jax.Array:
     """Greedy at temperature 0, else a sample from softmax(logits / temperature)."""
@@ -40,11 +42,11 @@ def generate(
     cfg = model.cfg
     B, P = prompt_BxP.shape
     if cfg.family == "bert":
-        raise ValueError("generate needs a decoder: family 'gpt' or 't5', not 'bert'")
+        raise UserError("generate needs a decoder: family 'gpt' or 't5', not 'bert'")
     if (cfg.family == "t5") != (encoder_tokens is not None):
-        raise ValueError("encoder_tokens are required for t5 and only for t5")
+        raise UserError("encoder_tokens are required for t5 and only for t5")
     if cfg.position == "learned" and P + max_new_tokens > cfg.max_len:
-        raise ValueError(f"prompt {P} + {max_new_tokens} new tokens > max_len={cfg.max_len}")
+        raise UserError(f"prompt {P} + {max_new_tokens} new tokens > max_len={cfg.max_len}")
     rng = jax.random.key(0) if rng is None else rng
     run = functools.partial(
         _generate, model, max_new_tokens=max_new_tokens, temperature=temperature

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm import config as config_lib
+from lm.errors import MissingFileError, UserError
 
 Point = dict[str, Any]
 
@@ -65,7 +66,7 @@ def point_names(points: Sequence[Point]) -> list[str]:
     names = [point_name(point, short) for point in points]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"the sweep has repeated points (same overrides): {duplicates}")
+        raise UserError(f"the sweep has repeated points (same overrides): {duplicates}")
     return names
 
 
@@ -216,7 +217,7 @@ def collect(workdir: str) -> list[dict[str, Any]]:
     """One row per point of the sweep recorded in `workdir` (overrides + summary)."""
     root = pathlib.Path(workdir)
     if not (root / SWEEP_FILE).exists():
-        raise FileNotFoundError(f"{root / SWEEP_FILE} not found: is {workdir} a sweep dir?")
+        raise MissingFileError(f"{root / SWEEP_FILE} not found: is {workdir} a sweep dir?")
     sweep = json.loads((root / SWEEP_FILE).read_text())
     return [{"point": p["name"], **p["overrides"], **summarize_point(root / p["name"]),
              "_swept": list(p["overrides"])} for p in sweep["points"]]

@@ -8,8 +8,9 @@
 # lets jax.distributed.initialize() read the coordinator, process count, process id and the
 # task's GPU from SLURM's variables. The workdir must be on a filesystem every node sees.
 # Five minutes before the time limit SLURM sends SIGTERM (--signal), as it does on preemption:
-# every process saves at the same step and exits. A requeued or resubmitted job resumes from
-# the workdir's latest checkpoint.
+# every process saves at the same step and exits with status 75 (lm's "stopped, resumable");
+# this script then requeues the job, which resumes from the workdir's latest checkpoint.
+# A finished run exits 0, bad input 1: neither is requeued.
 #SBATCH --job-name=lm-train
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
@@ -28,4 +29,10 @@ cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 export TOKENIZERS_PARALLELISM=false
 # --kill-on-bad-exit: one failed process ends the others instead of leaving them waiting in
 # a collective.
-srun --kill-on-bad-exit=1 python -m lm train "$@"
+status=0
+srun --kill-on-bad-exit=1 python -m lm train "$@" || status=$?
+if [ "$status" -eq 75 ]; then
+  echo "lm: checkpoint saved at SIGTERM; requeueing job $SLURM_JOB_ID to resume" >&2
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$status"

@@ -5,6 +5,8 @@ from typing import Any
 
 import numpy as np
 
+from lm.errors import UserError
+
 Path = tuple[str, ...]  # an lm parameter path: ('decoder', 'layers_0', 'attn', 'query', 'kernel')
 Rule = tuple[str, Callable[[np.ndarray], np.ndarray]]  # (HF tensor name, its layout change)
 
@@ -48,7 +50,7 @@ def field(hf: Mapping, name: str, allowed: Mapping[Any, Any], default: Any = Non
     try:
         return allowed[value]
     except (KeyError, TypeError):
-        raise ValueError(f"HF config field {name}={value!r} is not supported by the converter; "
+        raise UserError(f"HF config field {name}={value!r} is not supported by the converter; "
                          f"supported: {sorted(allowed, key=repr)}") from None
 
 

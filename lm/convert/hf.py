@@ -22,6 +22,7 @@ import numpy as np
 
 from lm.convert import bert, gpt2, t5
 from lm.convert.common import Path
+from lm.errors import MissingFileError, UserError
 from lm.models import ModelConfig, build
 from lm.nn.transformer import stack_layers
 
@@ -66,10 +67,10 @@ def from_hf(directory: str | pathlib.Path, **model_overrides: Any) -> tuple[nn.M
 def read_config(directory: pathlib.Path) -> dict:
     """The parsed config.json of an HF checkpoint directory, with clear errors."""
     if not directory.is_dir():
-        raise FileNotFoundError(f"HF checkpoint directory {str(directory)!r} does not exist")
+        raise MissingFileError(f"HF checkpoint directory {str(directory)!r} does not exist")
     path = directory / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{str(path)!r} is missing: an HF checkpoint directory holds config.json and "
             "model.safetensors (what `save_pretrained` writes)"
         )
@@ -86,7 +87,7 @@ def weight_files(directory: pathlib.Path) -> list[pathlib.Path]:
         files = sorted({directory / shard for shard in shards})
     else:
         present = sorted(p.name for p in directory.iterdir())
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no model.safetensors (or model.safetensors.index.json) in {str(directory)!r}; "
             f"found {present}. Re-save the model with `save_pretrained(dir)` (safetensors is "
             "the default); PyTorch .bin files are not read"
@@ -112,12 +113,12 @@ def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
     """Translates an HF config.json dict into a ModelConfig (plus `overrides`)."""
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
-        raise ValueError(f"config.json model_type={model_type!r} is not supported; "
+        raise UserError(f"config.json model_type={model_type!r} is not supported; "
                          f"supported: {sorted(FAMILIES)}")
     architecture = (hf.get("architectures") or [DEFAULT_ARCHITECTURE[model_type]])[0]
     if architecture not in ARCHITECTURES or ARCHITECTURES[architecture][0] != model_type:
         supported = [a for a, (t, _) in ARCHITECTURES.items() if t == model_type]
-        raise ValueError(f"config.json architectures=[{architecture!r}] is not supported for "
+        raise UserError(f"config.json architectures=[{architecture!r}] is not supported for "
                          f"model_type={model_type!r}; supported: {supported}")
     unknown = overrides.keys() - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
@@ -125,7 +126,7 @@ def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
     try:
         fields = FAMILIES[model_type].config(hf) | ARCHITECTURES[architecture][1](hf)
     except KeyError as e:
-        raise ValueError(f"config.json has no field {e.args[0]!r}, which a {model_type} "
+        raise UserError(f"config.json has no field {e.args[0]!r}, which a {model_type} "
                          "config needs") from None
     return ModelConfig(**(fields | overrides))
 
@@ -206,14 +207,14 @@ def check_names(tensors: Mapping[str, np.ndarray], needed: set[str], family: Any
     differing = sorted(k for k in copies if not np.array_equal(tensors[k], tensors[family.TIED[k]]))
     if differing:
         pairs = [f"{k} != {family.TIED[k]}" for k in differing]
-        raise ValueError(f"these tensors are one tied tensor in lm but differ in the checkpoint: "
+        raise UserError(f"these tensors are one tied tensor in lm but differ in the checkpoint: "
                          f"{pairs}. An untied GPT-2/T5 LM head needs tie_word_embeddings=false in "
                          "config.json; BERT's MLM decoder is always the token embedding")
     missing = sorted(needed - tensors.keys())
     extra = sorted(k for k in unused - copies if not re.fullmatch(family.IGNORED, k))
     if missing or extra:
         prefix = f" (names shown without the prefix {family.PREFIX!r})" if family.PREFIX else ""
-        raise ValueError(
+        raise UserError(
             f"the checkpoint's tensors do not match the architecture in config.json{prefix}:\n"
             f"  missing ({len(missing)}): {missing}\n  unexpected ({len(extra)}): {extra}"
         )

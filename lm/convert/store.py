@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from lm.convert.hf import flatten, unflatten
+from lm.errors import MissingFileError
 from lm.models import ModelConfig, build
 
 SEP = "/"  # joins a parameter path into one safetensors key: 'decoder/layers/attn/query/kernel'
@@ -32,7 +33,7 @@ def load_converted(directory: str | pathlib.Path) -> tuple[nn.Module, dict]:
     directory = pathlib.Path(directory)
     for name in ("config.json", "params.safetensors"):
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"{str(directory / name)!r} is missing: not a directory "
+            raise MissingFileError(f"{str(directory / name)!r} is missing: not a directory "
                                     "written by `python -m lm convert`")
     cfg = ModelConfig(**json.loads((directory / "config.json").read_text()))
     flat = load_file(directory / "params.safetensors")

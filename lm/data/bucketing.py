@@ -17,6 +17,7 @@ import numpy as np
 
 from lm.data import classification, glue
 from lm.data.tokenizers import Tokenizer
+from lm.errors import UserError
 
 EPOCHS_FOREVER = 1_000_000  # "repeat forever": the plan is lazy, so the length costs nothing
 
@@ -93,7 +94,7 @@ def make_iterator(cfg, tok: Tokenizer, *, split: str, batch_size: int, seed: int
     """Bucketed batches of `batch_size` rows (this process's share of each global batch)."""
     records = classification.records(cfg, split)
     if not len(records):
-        raise ValueError(f"split {split!r} of task {cfg.task!r} has no examples")
+        raise UserError(f"split {split!r} of task {cfg.task!r} has no examples")
     make = _Batches(cfg, tok, records, rows=batch_size, process_index=process_index,
                     process_count=process_count, seed=seed, shuffle=shuffle)
     ds = grain.MapDataset.range(make.per_epoch * (num_epochs or EPOCHS_FOREVER)).map(make)

@@ -18,6 +18,7 @@ import numpy as np
 
 from lm.data import bert, bucketing, classification, glue, packing, sources, span
 from lm.data.tokenizers import Tokenizer
+from lm.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,7 @@ class _Flatten(grain.experimental.FlatMapTransform):
 def _bert(ids: grain.MapDataset, ctx: Context, nsp: bool) -> grain.IterDataset:
     ctx.tok.require("cls_id", "sep_id", "mask_id", "pad_id")
     if nsp and len(ctx.items) < 2:
-        raise ValueError("NSP needs at least two documents (B comes from another one); "
+        raise UserError("NSP needs at least two documents (B comes from another one); "
                          f"this split has {len(ctx.items)}")
     make = functools.partial(bert_instances, ctx=ctx, nsp=nsp)
     per_doc = ids.random_map(make, seed=ctx.seed).to_iter_dataset(ctx.read)
@@ -143,7 +144,7 @@ def make_iterator(cfg, tokenizer: Tokenizer, *, split: str, batch_size: int, see
     with all-zero rows (weights 0). The iterator's get_state()/set_state() are JSON-able.
     """
     if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {cfg.objective!r}: one of {sorted(OBJECTIVES)}")
+        raise UserError(f"unknown objective {cfg.objective!r}: one of {sorted(OBJECTIVES)}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     if cfg.objective == "classification" and cfg.length_buckets:
@@ -156,7 +157,7 @@ def make_iterator(cfg, tokenizer: Tokenizer, *, split: str, batch_size: int, see
     ids = grain.MapDataset.range(len(items))[process_index::process_count]
     if len(ids) == 0:
         where = cfg.name or dict(cfg.files)
-        raise ValueError(f"split {split!r} of data source {cfg.source!r} ({where}) has"
+        raise UserError(f"split {split!r} of data source {cfg.source!r} ({where}) has"
                          f" {len(items)} documents: nothing for process {process_index} of "
                          f"{process_count}")
     if shuffle:

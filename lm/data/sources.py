@@ -40,7 +40,7 @@ def parse_split(split: str) -> list[tuple[str, str | None, str | None]]:
     for part in split.replace(" ", "").split("+"):
         m = _SPLIT_PART.match(part)
         if not m:
-            raise ValueError(
+            raise UserError(
                 f"bad split {split!r}: expected names joined by '+', each optionally sliced "
                 "like 'train', 'train[:10%]', 'train[100:200]'")
         parts.append((m.group(1), m.group(2) or None, m.group(3) or None))
@@ -92,7 +92,7 @@ def apply_split(split: str, by_name: dict[str, Sequence]) -> Sequence:
     parts = []
     for name, lo, hi in parse_split(split):
         if name not in by_name:
-            raise ValueError(f"unknown split {name!r}: this source has {sorted(by_name)}")
+            raise UserError(f"unknown split {name!r}: this source has {sorted(by_name)}")
         seq = by_name[name]
         n = len(seq)
         parts.append(Slice(seq, _bound(lo, n, 0), _bound(hi, n, n)))
@@ -160,7 +160,7 @@ class Field(Sequence):
             raise IndexError(i)
         record = self.records[i]
         if self.key not in record:
-            raise KeyError(f"records have no text feature {self.key!r}; they have "
+            raise UserError(f"records have no text feature {self.key!r}; they have "
                            f"{sorted(record)} (set data.text_key)")
         return as_str(record[self.key])
 
@@ -292,7 +292,7 @@ class Chunked(Sequence):
 
     def __init__(self, docs: Sequence[str], chunk_chars: int):
         if chunk_chars <= 0:
-            raise ValueError(f"chunk_chars must be positive, got {chunk_chars}")
+            raise UserError(f"chunk_chars must be positive, got {chunk_chars}")
         self.docs, self.chunk = docs, chunk_chars
         counts = [-(-len(docs[i]) // chunk_chars) for i in range(len(docs))]
         self.starts = np.cumsum([0] + counts)
@@ -359,5 +359,5 @@ def _text_source(cfg, split: str) -> Sequence[str]:
         named = {name: TextFiles(local_files(cfg, name), cfg.doc_separator)
                  for name in {p[0] for p in parse_split(split)}}
         return apply_split(split, named)
-    raise ValueError(f"data.source={cfg.source!r} has no text documents: use 'tfds' or 'text' "
+    raise UserError(f"data.source={cfg.source!r} has no text documents: use 'tfds' or 'text' "
                      "(TSV files are read by the classification objective)")

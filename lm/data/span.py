@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lm.errors import UserError
+
 
 def lengths_for(inputs_len: int, noise_density: float, mean_span: float) -> tuple[int, int]:
     """(raw tokens per example, targets length) so that the corrupted inputs (with their
@@ -56,7 +58,7 @@ def sentinel_spans(tokens_L: np.ndarray, drop_L: np.ndarray,
     first_L = drop_L & ~prev_L
     span_L = np.cumsum(first_L) - 1
     if first_L.sum() > len(sentinel_ids):
-        raise ValueError(f"{first_L.sum()} noise spans but the vocabulary has only "
+        raise UserError(f"{first_L.sum()} noise spans but the vocabulary has only "
                          f"{len(sentinel_ids)} sentinels: train the tokenizer with more")
     out = np.where(first_L, np.asarray(sentinel_ids)[np.maximum(span_L, 0)], tokens_L)
     return out[~(drop_L & prev_L)].astype(np.int32)

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from lm.errors import MissingFileError, UserError
+
 # sentencepiece models trained here: <pad>=0, <eos>=1, <unk>=2 (as T5), then these.
 BERT_SYMBOLS = ("[CLS]", "[SEP]", "[MASK]")
 
@@ -54,7 +56,7 @@ class Tokenizer:
         """Raises if this vocabulary lacks a symbol an objective needs (e.g. 'mask_id')."""
         missing = [n for n in names if getattr(self, n) is None]
         if missing:
-            raise ValueError(f"{type(self).__name__} has no {', '.join(missing)}: this objective "
+            raise UserError(f"{type(self).__name__} has no {', '.join(missing)}: this objective "
                              "needs a vocabulary with those symbols (a sentencepiece model "
                              "trained by `python -m lm tokenizer train`, or a BERT WordPiece)")
 
@@ -64,7 +66,7 @@ class SentencePieceTokenizer(Tokenizer):
         import sentencepiece as spm
 
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no sentencepiece model at {path!r}: train one with "
+            raise MissingFileError(f"no sentencepiece model at {path!r}: train one with "
                                     "`python -m lm tokenizer train --output PREFIX ...`")
         self.path = path
         self.sp = sp = spm.SentencePieceProcessor(model_file=path)
@@ -156,7 +158,7 @@ def train_sentencepiece(sentences: Iterable[str], prefix: str, *, vocab_size: in
     import sentencepiece as spm
 
     if model_type not in ("unigram", "bpe"):
-        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+        raise UserError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     try:
         spm.SentencePieceTrainer.train(
@@ -172,7 +174,7 @@ def train_sentencepiece(sentences: Iterable[str], prefix: str, *, vocab_size: in
             raise
         # A unigram model on a small corpus cannot reach vocab sizes near its word count
         # (WikiText-2: at most ~17.9k); BPE can.
-        raise ValueError(f"{e}: this corpus is too small for {vocab_size} {model_type} pieces;"
+        raise UserError(f"{e}: this corpus is too small for {vocab_size} {model_type} pieces;"
                          " use a smaller vocab_size or model_type='bpe'") from None
     return prefix + ".model"
 
@@ -209,12 +211,12 @@ def make_tokenizer(data_cfg) -> Tokenizer:
     kind, multiple = cfg.kind, cfg.vocab_multiple
     if kind == "sentencepiece":
         if not cfg.path:
-            raise ValueError("data.tokenizer.path is empty: point it at a sentencepiece .model "
+            raise UserError("data.tokenizer.path is empty: point it at a sentencepiece .model "
                              "(train one with `python -m lm tokenizer train ...`)")
         return SentencePieceTokenizer(cfg.path, multiple)
     if kind == "wordpiece":
         if not cfg.path:
-            raise ValueError("data.tokenizer.path is empty: point it at a BERT tokenizer.json")
+            raise UserError("data.tokenizer.path is empty: point it at a BERT tokenizer.json")
         return WordPieceTokenizer(cfg.path, multiple)
     if kind == "char":
         if cfg.path:
@@ -223,5 +225,5 @@ def make_tokenizer(data_cfg) -> Tokenizer:
         from lm.data.sources import text_source  # the vocabulary is the text's characters
 
         return CharTokenizer(chars_of(text_source(data_cfg, cfg.vocab_split)), multiple)
-    raise ValueError(f"data.tokenizer.kind={kind!r}: expected 'sentencepiece', 'char' or "
+    raise UserError(f"data.tokenizer.kind={kind!r}: expected 'sentencepiece', 'char' or "
                      "'wordpiece'")

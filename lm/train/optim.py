@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from lm.errors import UserError
+
 # Decay shape after warmup, as a function of progress f in [0, 1]: 1 → peak lr, 0 → min_lr.
 _DECAY_SHAPES: dict[str, Callable[[jax.Array], jax.Array]] = {
     "cosine": lambda f: 0.5 * (1.0 + jnp.cos(jnp.pi * f)),
@@ -29,9 +31,9 @@ def make_schedule(
     Steps count from 0 (the first update uses schedule(0)); after decay_steps it stays at min_lr.
     """
     if shape not in _DECAY_SHAPES:
-        raise ValueError(f"train.schedule={shape!r}; valid: {sorted(_DECAY_SHAPES)}")
+        raise UserError(f"train.schedule={shape!r}; valid: {sorted(_DECAY_SHAPES)}")
     if decay_steps <= warmup_steps and shape != "constant":
-        raise ValueError(
+        raise UserError(
             f"the lr decays over steps warmup_steps..decay_steps, but decay_steps={decay_steps}"
             f" <= warmup_steps={warmup_steps}"
         )

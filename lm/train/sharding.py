@@ -27,6 +27,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lm.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over every replica-like axis
 
@@ -57,20 +59,20 @@ def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]
     """Resolves (data, fsdp, tensor) sizes; one of them may be -1 = the remaining devices."""
     unknown = set(mesh_cfg) - set(MESH_AXES) - {"rules"}
     if unknown:
-        raise ValueError(f"mesh config has unknown axes {sorted(unknown)}; axes are {MESH_AXES}")
+        raise UserError(f"mesh config has unknown axes {sorted(unknown)}; axes are {MESH_AXES}")
     sizes = [int(mesh_cfg.get(axis, 1)) for axis in MESH_AXES]
     named = dict(zip(MESH_AXES, sizes, strict=True))
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh {named}: sizes must be positive, with at most one -1 (the rest)")
+        raise UserError(f"mesh {named}: sizes must be positive, with at most one -1 (the rest)")
     known = math.prod(s for s in sizes if s != -1)
     if num_devices % known:
-        raise ValueError(
+        raise UserError(
             f"mesh {named} needs a multiple of {known} devices, but there are {num_devices}: "
             f"choose sizes whose product divides {num_devices}"
         )
     sizes = [num_devices // known if s == -1 else s for s in sizes]
     if math.prod(sizes) != num_devices:
-        raise ValueError(
+        raise UserError(
             f"mesh {named} uses {math.prod(sizes)} of the {num_devices} devices: make the "
             f"product of data×fsdp×tensor equal {num_devices}, or set one axis to -1"
         )
@@ -97,7 +99,7 @@ def logical_rules(mesh_cfg: Mapping[str, Any] | None = None) -> Rules:
     for name, axes in rules:
         used = (axes,) if isinstance(axes, str) else (axes or ())
         if set(used) - set(MESH_AXES):
-            raise ValueError(f"rule {name!r} → {axes!r} names an axis outside {MESH_AXES}")
+            raise UserError(f"rule {name!r} → {axes!r} names an axis outside {MESH_AXES}")
     return rules
 
 

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from lm.data import sources
+from lm.errors import UserError
 
 
 @functools.lru_cache(maxsize=8)
@@ -36,12 +37,12 @@ class RandomWindows:
     def __init__(self, tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
                  process_index: int, process_count: int, num_epochs: int | None):
         if len(tokens) <= seq_len:
-            raise ValueError(f"the split has {len(tokens)} tokens: too few for windows of "
+            raise UserError(f"the split has {len(tokens)} tokens: too few for windows of "
                              f"seq_len+1={seq_len + 1}")
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
         if num_epochs not in (None, 1):
-            raise ValueError(f"num_epochs={num_epochs}: random windows sample forever (None) "
+            raise UserError(f"num_epochs={num_epochs}: random windows sample forever (None) "
                              "or cover the split once (1)")
         self.once, self.index = num_epochs == 1, 0
 

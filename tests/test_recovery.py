@@ -1,0 +1,160 @@
+"""Failure and recovery: a resumed run is the uninterrupted run, in its checkpoints (the best
+one included), its records and its config; damaged checkpoints are set aside, not fatal.
+
+The reference for every test is an uninterrupted run of the same tiny config.
+"""
+
+import json
+import pathlib
+import shutil
+import sys
+
+import pytest
+
+from lm import config as config_lib
+from lm.errors import UserError
+from lm.train import checkpoint, writer
+from lm.train.loop import train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+EXPERIMENT = f"{REPO}/experiments/gpt_shakespeare_char.py:cpu"
+# 30 steps of a 1-layer char GPT: eval every 10, checkpoint every 5, keep the last 2 and the
+# best by eval/loss, 'max' so that the best is an early checkpoint that the last-2 policy
+# would delete (the case a forgotten metric loses).
+TINY = {
+    "model.num_layers": "1", "model.d_model": "32", "model.d_ff": "64", "model.num_heads": "2",
+    "data.seq_len": "16", "train.batch_size": "4", "train.steps": "30", "train.log_every": "1",
+    "train.eval_every": "10", "train.eval_steps": "1", "train.eval_at_start": "False",
+    "train.checkpoint_every": "5", "train.keep_checkpoints": "2", "train.best_mode": "max",
+}
+TIMING_KEYS = {"train/steps_per_s", "train/tokens_per_s", "train/mfu"}
+
+
+def _config(**overrides: str):
+    return config_lib.load(EXPERIMENT, {**TINY, **overrides})
+
+
+def _records(workdir) -> list[dict]:
+    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+            for line in lines]
+
+
+def _checkpoints(workdir) -> tuple[list[int], int | None]:
+    ckpt = checkpoint.Checkpointer(str(workdir), best_metric="eval/loss", best_mode="max",
+                                   read_only=True)
+    steps, best = ckpt.all_steps(), ckpt.best_step()
+    ckpt.close()
+    return steps, best
+
+
+class _StopAt:
+    """A preemption notice that arrives at `step` (what SIGTERM sets, without a signal)."""
+
+    def __init__(self, step: int):
+        self.step, self.requested, self.signal_name = step, False, "SIGTERM"
+
+    def should_stop(self, step: int) -> bool:
+        self.requested = step >= self.step
+        return self.requested
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[pathlib.Path, dict]:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return workdir, train(_config(), str(workdir), quiet=True)
+
+
+def _without_timing(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in TIMING_KEYS}
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_of_the_uninterrupted_one(uninterrupted,
+                                                                         tmp_path, monkeypatch):
+    reference, expected = uninterrupted
+    steps, best = _checkpoints(reference)
+    assert best == 10 and steps == [10, 25, 30]  # the best (max) survives the last-2 policy
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "install_signal_handlers", lambda: _StopAt(22))
+        stopped = train(_config(), str(tmp_path), quiet=True)
+    assert stopped["step"] == 22 and stopped["preempted"] == 1.0
+    resumed = train(_config(), str(tmp_path), quiet=True)
+    assert _checkpoints(tmp_path) == (steps, best)
+    assert _without_timing(resumed) == _without_timing(expected)
+    assert resumed["best/step"] == 10 and resumed["best/eval/loss"] == next(
+        r["eval/loss"] for r in _records(reference) if r["step"] == 10 and "eval/loss" in r)
+    assert _records(tmp_path) == _records(reference)
+
+
+def test_steps_after_the_last_checkpoint_are_recorded_once(uninterrupted, tmp_path):
+    """A kill after step 30's records but before its checkpoint: the rerun trains 26..30 again
+    and metrics.jsonl ends up exactly as the uninterrupted run's, not with them twice."""
+    reference, _ = uninterrupted
+    shutil.copytree(reference, tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "30")  # never completed
+    train(_config(), str(tmp_path / "run"), quiet=True)
+    assert _records(tmp_path / "run") == _records(reference)
+
+
+@pytest.mark.parametrize("damage", ["empty data json", "truncated state file"])
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_used(
+        uninterrupted, tmp_path, damage, capsys):
+    reference, _ = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    latest = run / "checkpoints" / "30"
+    if damage == "empty data json":
+        (latest / "data" / "process_0-of-1.json").write_text("")
+    else:
+        biggest = max((p for p in (latest / "state").rglob("*") if p.is_file()),
+                      key=lambda p: p.stat().st_size)
+        biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+    result = train(_config(), str(run), quiet=True)
+    out = capsys.readouterr().out
+    assert "checkpoint step 30 is damaged" in out and "resuming from step 25" in out
+    assert result["step"] == 30
+    assert _records(run) == _records(reference)  # steps 26..30 again, the same numbers
+    aside = list((run / "checkpoints_damaged").iterdir())
+    assert len(aside) == 1 and aside[0].name.startswith("30-")  # kept, not deleted
+
+
+def test_a_resume_with_another_config_is_refused_without_touching_the_record(uninterrupted,
+                                                                             tmp_path):
+    reference, _ = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    recorded = (run / "config.json").read_text()
+    with pytest.raises(UserError, match=r"(?s)train.lr: 0.001 -> 0.003.*--allow_config_change"):
+        train(_config(**{"train.lr": "3e-3"}), str(run), quiet=True)
+    with pytest.raises(UserError, match="holds a model of another shape"):
+        train(_config(**{"model.d_ff": "96"}), str(run), quiet=True)
+    assert (run / "config.json").read_text() == recorded
+    # The same config again: the run is finished, nothing changes.
+    again = train(_config(), str(run), quiet=True)
+    assert again["step"] == 30 and (run / "config.json").read_text() == recorded
+    # Asked for explicitly, a change is recorded with the step it took effect.
+    longer = train(_config(**{"train.steps": "35"}), str(run), quiet=True,
+                   allow_config_change=True)
+    assert longer["step"] == 35
+    changes = [json.loads(line) for line in (run / "config_changes.jsonl").open()]
+    assert changes[0]["step"] == 30 and changes[0]["changes"]["train.steps"] == [30, 35]
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 35
+
+
+def test_records_past_the_restored_step_are_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (0, 1, 2, 2, 3, 4)))
+    writer.truncate_records(path, 2)
+    assert [json.loads(line)["step"] for line in path.open()] == [0, 1, 2, 2]
+
+
+def test_no_progress_bar_in_a_log_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    w = writer.MetricsWriter(tmp_path, total_steps=10)
+    for s in range(1, 4):
+        w.advance(s)
+        w.write(s, {"train/loss": 1.0})
+    w.close()
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err + captured.out
+    assert captured.out.count("step ") == 3  # one plain line per record
