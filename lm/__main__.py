@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "lm.train.cli",
     "sweep": "lm.sweep",
     "predict": "lm.predict",
+    "eval": "lm.evaluate",
     "tokenizer": "lm.data.cli",
     "data": "lm.data.cli",
     "convert": "lm.convert.cli",

@@ -12,6 +12,8 @@ because Spearman's rank correlation needs the whole split at once (1,500 floats)
     acc.compute()   # {'f1': ..., 'accuracy': ...}
 """
 
+import functools
+
 import numpy as np
 
 from lm.data import glue
@@ -148,3 +150,59 @@ def glue_metrics(task: str, predictions_N, labels_N, weights_N=None) -> dict[str
     acc = Accumulator(task)
     acc.add(predictions_N, labels_N, weights_N)
     return acc.compute()
+
+
+# ---------------------------------------------------------------- generated text
+
+
+class GlueTextMetrics:
+    """A GLUE task scored from decoded text (T5's text-to-text): each prediction names a label
+    word (or a score); anything else counts as wrong. Adds `exact_match`."""
+
+    def __init__(self, task: str):
+        from lm.data import seq2seq
+
+        self._label_of = functools.partial(seq2seq.label_of, glue.get(task))
+        self._acc = Accumulator(task)
+        self._exact: list[bool] = []
+
+    def add(self, predictions: list[str], targets: list[str]) -> None:
+        labels = np.array([self._label_of(t) for t in targets])
+        preds = np.array([self._label_of(p) for p in predictions])
+        if self._acc.spec.num_labels > 1:  # a wrong word is the other class in the matrix
+            preds = np.where(preds < 0, (labels + 1) % self._acc.spec.num_labels, preds)
+        self._acc.add(preds, labels)
+        self._exact += [p.strip() == t.strip() for p, t in zip(predictions, targets)]
+
+    def compute(self) -> dict[str, float]:
+        return {**self._acc.compute(), "exact_match": float(np.mean(self._exact))}
+
+
+class GenerationMetrics:
+    """Free text: corpus BLEU (sacrebleu, its default 13a tokenisation), ROUGE-1/2/L F1
+    (Google's rouge-score, stemmed) and exact match, over every example added."""
+
+    def __init__(self):
+        self._predictions: list[str] = []
+        self._targets: list[str] = []
+
+    def add(self, predictions: list[str], targets: list[str]) -> None:
+        self._predictions += predictions
+        self._targets += targets
+
+    def compute(self) -> dict[str, float]:
+        import sacrebleu
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        scores = [scorer.score(t, p) for p, t in zip(self._predictions, self._targets)]
+        rouge = {k: float(np.mean([s[k].fmeasure for s in scores])) for k in scores[0]} \
+            if scores else {}
+        return {"bleu": sacrebleu.corpus_bleu(self._predictions, [self._targets]).score,
+                **rouge, "exact_match": float(np.mean(
+                    [p.strip() == t.strip() for p, t in zip(self._predictions, self._targets)]))}
+
+
+def text_metrics(task: str) -> GlueTextMetrics | GenerationMetrics:
+    """The metrics of decoded text: the GLUE task's own, or BLEU/ROUGE without a task."""
+    return GlueTextMetrics(task) if task else GenerationMetrics()

@@ -91,11 +91,6 @@ def records(cfg, split: str) -> Sequence[dict]:
                     "'tfds' or 'tsv'")
 
 
-def num_examples(cfg, split: str) -> int:
-    """How many examples `split` holds (epochs → steps)."""
-    return len(records(cfg, split))
-
-
 def classification_example(record: dict, tok: Tokenizer, seq_len: int,
                            num_labels: int) -> dict[str, np.ndarray]:
     """`[CLS] a [SEP] (b [SEP])`, truncating the longer text first to fit seq_len."""

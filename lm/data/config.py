@@ -43,7 +43,9 @@ def default_config() -> ml_collections.ConfigDict:
             vocab_multiple=128,  # pad vocab_size up to a multiple of this (1 = no padding)
         ),
         # --- objective
-        objective="causal",  # 'causal' | 'mlm' | 'mlm_nsp' | 'span_corruption' | 'classification'
+        # 'causal' | 'random_windows' | 'mlm' | 'mlm_nsp' | 'span_corruption' |
+        # 'classification' | 'seq2seq'
+        objective="causal",
         seq_len=128,
         causal=dict(
             add_eos=True,  # <eos> before every document (off: one plain character stream)
@@ -67,7 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
         # classification: batches of similar lengths, each cut to a power-of-two bucket
         # (16, 32, ... seq_len), so short sentences do not pay for seq_len.
         length_buckets=False,
-        task="",  # classification: 'sst2' | 'cola' | 'mrpc' | 'rte' | 'stsb' | 'qnli' | 'wnli'
+        task="",  # GLUE task (lm.data.glue) for 'classification' and 'seq2seq'
+        target_len=32,  # seq2seq: decoder length (targets + <eos>; longer ones are cut)
+        pairs=dict(source_key="source", target_key="target"),  # seq2seq 'pairs' files
         # --- pipeline
         shuffle_buffer=1024,  # window shuffle of packed rows / instances when shuffling
         num_threads=4,  # threads that read + tokenize documents

@@ -20,6 +20,8 @@ class GlueTask:
     labels: tuple[str, ...] | None  # label names by id, as the GLUE server wants them; None =
     metrics: tuple[str, ...]  #      regression (a score)
     main: str  # the metric that picks the best checkpoint (the BERT paper's choice)
+    words: tuple[str, ...] | None = None  # T5's text-to-text targets by label id (TFDS's
+    #                                       label names); None = the score as text (STS-B)
     header: bool = True
     tsv_label_names: bool = False  # the TSV holds label names (RTE, QNLI), not ids
     submission: str = ""  # the GLUE server's file name; '' = '<tsv_dir>.tsv'
@@ -44,25 +46,29 @@ _ACC = ("accuracy",)
 
 # Labels follow TFDS's glue encoding (rte/qnli: 0 = entailment, 1 = not_entailment).
 TASKS: dict[str, GlueTask] = {t.name: t for t in (
-    GlueTask("sst2", ("sentence",), "SST-2", ("sentence",), "label", _BINARY, _ACC, "accuracy"),
+    GlueTask("sst2", ("sentence",), "SST-2", ("sentence",), "label", _BINARY, _ACC, "accuracy",
+             words=("negative", "positive")),
     # CoLA's TSV has no header: source, label, original label, sentence.
     GlueTask("cola", ("sentence",), "CoLA", ("3",), "1", _BINARY,
-             ("matthews_corr", "accuracy"), "matthews_corr", header=False),
+             ("matthews_corr", "accuracy"), "matthews_corr",
+             words=("unacceptable", "acceptable"), header=False),
     GlueTask("mrpc", ("sentence1", "sentence2"), "MRPC", ("#1 String", "#2 String"), "Quality",
-             _BINARY, ("f1", "accuracy"), "f1"),
+             _BINARY, ("f1", "accuracy"), "f1", words=("not_equivalent", "equivalent")),
     GlueTask("qqp", ("question1", "question2"), "QQP", ("question1", "question2"),
-             "is_duplicate", _BINARY, ("f1", "accuracy"), "f1"),
+             "is_duplicate", _BINARY, ("f1", "accuracy"), "f1",
+             words=("not_duplicate", "duplicate")),
     GlueTask("rte", ("sentence1", "sentence2"), "RTE", ("sentence1", "sentence2"), "label",
-             _ENTAILMENT, _ACC, "accuracy", tsv_label_names=True),
+             _ENTAILMENT, _ACC, "accuracy", words=_ENTAILMENT, tsv_label_names=True),
     GlueTask("qnli", ("question", "sentence"), "QNLI", ("question", "sentence"), "label",
-             _ENTAILMENT, _ACC, "accuracy", tsv_label_names=True),
+             _ENTAILMENT, _ACC, "accuracy", words=_ENTAILMENT, tsv_label_names=True),
     GlueTask("mnli", ("premise", "hypothesis"), "MNLI", ("sentence1", "sentence2"),
              "gold_label", ("entailment", "neutral", "contradiction"), _ACC, "accuracy",
-             tsv_label_names=True, submission="MNLI-m.tsv"),
+             words=("entailment", "neutral", "contradiction"), tsv_label_names=True,
+             submission="MNLI-m.tsv"),
     GlueTask("stsb", ("sentence1", "sentence2"), "STS-B", ("sentence1", "sentence2"), "score",
              None, ("pearson", "spearman"), "spearman"),
     GlueTask("wnli", ("sentence1", "sentence2"), "WNLI", ("sentence1", "sentence2"), "label",
-             _BINARY, _ACC, "accuracy"),
+             _BINARY, _ACC, "accuracy", words=("not_entailment", "entailment")),
 )}
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
-from lm.data import bert, bucketing, classification, glue, packing, sources, span
+from lm.data import bert, bucketing, classification, glue, packing, seq2seq, sources, span
 from lm.data.tokenizers import Tokenizer
 from lm.errors import UserError
 
@@ -122,6 +122,17 @@ def _classify(i: int, *, records, **kwargs) -> dict[str, np.ndarray]:
     return classification.classification_example(records[i], **kwargs)
 
 
+def text_to_text(ids: grain.MapDataset, ctx: Context) -> grain.IterDataset:
+    ctx.tok.require("eos_id", "pad_id")
+    make = functools.partial(_pair, records=ctx.items, tok=ctx.tok, seq_len=ctx.cfg.seq_len,
+                             target_len=ctx.cfg.target_len)
+    return ids.map(make).to_iter_dataset(ctx.read)
+
+
+def _pair(i: int, *, records, **kwargs) -> dict[str, np.ndarray]:
+    return seq2seq.seq2seq_example(records[i], **kwargs)
+
+
 # objective -> (items of a split, examples from shuffled indices, rows per item can be >1)
 OBJECTIVES: dict[str, tuple[Callable, Callable, bool]] = {
     "causal": (sources.text_source, causal, True),
@@ -129,7 +140,39 @@ OBJECTIVES: dict[str, tuple[Callable, Callable, bool]] = {
     "mlm_nsp": (sources.text_source, functools.partial(_bert, nsp=True), True),
     "span_corruption": (sources.text_source, span_corruption, True),
     "classification": (classification.records, classify, False),
+    "seq2seq": (seq2seq.records, text_to_text, False),
 }
+
+
+def num_examples(cfg, split: str) -> int:
+    """Examples in `split` for objectives that make one example per record (classification,
+    seq2seq); packed and sampled objectives have no such count."""
+    read_items, _, many_rows = OBJECTIVES.get(cfg.objective, (None, None, True))
+    if many_rows:
+        raise UserError(f"data.objective={cfg.objective!r} packs or samples its examples: it "
+                        "has no example count (train.epochs needs one); set train.steps")
+    return len(read_items(cfg, split))
+
+
+def texts(cfg, split: str) -> Sequence[str]:
+    """The text of `split` (what a tokenizer is trained on), for any objective."""
+    if cfg.objective not in ("classification", "seq2seq"):
+        return sources.text_source(cfg, split)
+    items = OBJECTIVES[cfg.objective][0](cfg, split)
+    keys = ("texts",) if cfg.objective == "classification" else ("source", "target")
+    return _Texts(items, keys)
+
+
+class _Texts(Sequence):
+    def __init__(self, items: Sequence[dict], keys: tuple[str, ...]):
+        self.items, self.keys = items, keys
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> str:
+        parts = [self.items[i][k] for k in self.keys]
+        return "\n".join(p for part in parts for p in ((part,) if isinstance(part, str) else part))
 
 
 # --------------------------------------------------------------------------- iterator

@@ -77,7 +77,16 @@ def span_corruption(tokens_L: np.ndarray, rng: np.random.Generator, *, sentinel_
     if len(inputs) > inputs_len or len(targets) > targets_len:
         raise ValueError(f"corrupted lengths {len(inputs)}/{len(targets)} exceed "
                          f"{inputs_len}/{targets_len}")
-    decoder_inputs = np.concatenate([[pad_id], targets[:-1]])
+    return encoder_decoder_example(inputs, targets, pad_id=pad_id, inputs_len=inputs_len,
+                                   targets_len=targets_len)
+
+
+def encoder_decoder_example(inputs: np.ndarray, targets: np.ndarray, *, pad_id: int,
+                            inputs_len: int, targets_len: int) -> dict[str, np.ndarray]:
+    """An encoder-decoder example from token ids that fit: padded inputs and targets, and
+    decoder_inputs = targets shifted right (T5 starts the decoder with the pad id)."""
+    inputs, targets = np.asarray(inputs, np.int32), np.asarray(targets, np.int32)
+    decoder_inputs = np.concatenate([[pad_id], targets[:-1]]).astype(np.int32)
     return {
         "inputs": _pad(inputs, inputs_len, pad_id),
         "input_mask": _pad(np.ones_like(inputs), inputs_len, 0),

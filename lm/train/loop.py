@@ -26,10 +26,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lm import data, models
-from lm.data import sources, tokenizers
+from lm import metrics as task_metrics
+from lm.data import pipeline, tokenizers
 from lm.errors import UserError
 from lm.nn.config import ModelConfig
-from lm.train import checkpoint, mfu, objectives, optim, pretrained, sharding, step, windows
+from lm.train import (checkpoint, decoding, mfu, objectives, optim, pretrained, sharding,
+                      step, windows)
 from lm.train.state import TrainState
 from lm.train.writer import MetricsWriter
 
@@ -74,6 +76,7 @@ class Run(NamedTuple):
     objective: objectives.Objective
     mesh: Any
     rules: Any
+    tokenizer: Any
     make_iter: Any  # (split, seed, batch_size, ...) -> iterator of host batches
     train_iter: Any
     state: TrainState
@@ -124,8 +127,8 @@ def _start(config, workdir: pathlib.Path, allow_config_change: bool) -> Run:
     record_config(workdir, config.to_dict(), int(jax.device_get(state.step)),
                   allow_change=allow_config_change)
     ckpt = ckpt or checkpointer()  # every check has passed: now it may create directories
-    return Run(config, workdir, model_cfg, model, objective, mesh, rules, make_iter, train_iter,
-               state, state_shardings, ckpt)
+    return Run(config, workdir, model_cfg, model, objective, mesh, rules, tokenizer, make_iter,
+               train_iter, state, state_shardings, ckpt)
 
 
 def _train(run: Run, *, quiet: bool) -> dict[str, float]:
@@ -145,11 +148,14 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
         out_shardings=NamedSharding(run.mesh, PartitionSpec()))
     _, shard_count = sharding.process_batch_shard(run.mesh)
     eval_rows = (t.eval_batch_size or t.batch_size) // shard_count
+    decoder = decoding.make_decoder(run.model, run.tokenizer, config.data, run.mesh) \
+        if run.objective.decodes else None
     evaluate = lambda params: run_eval(
         eval_step, params, eval_batches(run.make_iter, config.data.eval_split, t.eval_steps,
                                         seed=t.seed, batch_size=eval_rows),
         objective=run.objective, mesh=run.mesh,
-        host_metrics=run.objective.host_metrics and run.objective.host_metrics(config.data))
+        host_metrics=run.objective.host_metrics and run.objective.host_metrics(config.data),
+        decoder=decoder, text_metrics=decoder and task_metrics.text_metrics(config.data.task))
 
     # Per batch length: length-bucketed batches (finetuning) change it from step to step.
     flops_per_token = functools.cache(functools.partial(
@@ -232,19 +238,24 @@ def best_metrics(ckpt: checkpoint.Checkpointer, metric: str) -> dict[str, float]
 
 
 def run_eval(eval_step, params, batches, *, objective: objectives.Objective, mesh,
-             host_metrics=None) -> dict[str, float]:
-    """`eval/<metric>` over `batches`: exact sums over every (non-padding) row, and the
-    objective's host metrics (GLUE F1, ...) when it has them."""
+             host_metrics=None, decoder=None, text_metrics=None) -> dict[str, float]:
+    """`eval/<metric>` over `batches`: exact sums over every (non-padding) row, the
+    objective's host metrics (GLUE F1, ...) when it has them, and the scores of greedily
+    decoded text when it decodes."""
     sums = None
     for batch in batches:
-        out, host_out = eval_step(params, sharding.host_batch_to_global(batch, mesh))
+        global_batch = sharding.host_batch_to_global(batch, mesh)
+        out, host_out = eval_step(params, global_batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         if host_metrics:
             host_metrics.add(*jax.device_get(host_out))
+        if decoder:
+            text_metrics.add(*decoder.texts(params, global_batch))
     if sums is None:
         raise UserError("the eval split yielded no batches: check data.eval_split")
     results = objectives.summarize(objective, jax.device_get(sums))
     results.update(host_metrics.compute() if host_metrics else {})
+    results.update(text_metrics.compute() if text_metrics else {})
     return {f"eval/{k}": float(v) for k, v in results.items()}
 
 
@@ -293,7 +304,7 @@ def make_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: pathlib.Path, v
     if tok_cfg.kind == "sentencepiece" and not tok_cfg.path:
         prefix = workdir / "tokenizer"
         if jax.process_index() == 0 and not prefix.with_suffix(".model").exists():
-            docs = sources.text_source(data_cfg, data_cfg.train_split)
+            docs = pipeline.texts(data_cfg, data_cfg.train_split)
             tokenizers.train_sentencepiece(tokenizers.lines(docs), str(prefix),
                                            vocab_size=vocab_size)
         multihost_utils.sync_global_devices("tokenizer trained")

@@ -42,6 +42,8 @@ class Objective:
     # accumulator with add(logits, labels, weights) and compute() -> dict, or None. Eval then
     # also returns the first term's (logits, labels, weights) to the host.
     host_metrics: Callable[[Any], Any] | None = None
+    # Eval also decodes the targets greedily and scores the text (lm.train.decoding).
+    decodes: bool = False
 
 
 def forward(objective: Objective, model: nn.Module, params: Any, batch: Batch, *,
@@ -130,6 +132,7 @@ OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
     "mlm": lambda model_cfg: Objective(_bert_inputs, (_MLM,)),
     "mlm_nsp": lambda model_cfg: Objective(_bert_inputs, (_MLM, _NSP)),
     "span_corruption": lambda model_cfg: Objective(_t5_inputs, (_LM,), perplexity=True),
+    "seq2seq": lambda model_cfg: Objective(_t5_inputs, (_LM,), perplexity=True, decodes=True),
     "classification": lambda model_cfg: Objective(
         _bert_inputs, (_REGRESSION if model_cfg.num_labels == 1 else _CLASSES,),
         host_metrics=_glue_metrics,

@@ -112,14 +112,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-    """⌈examples of the train split / batch_size⌉ (classification tasks know their size)."""
-    if config.data.objective != "classification":
-        raise UserError(f"train.epochs={config.train.epochs} needs a dataset of examples "
-                        f"(objective 'classification'), not {config.data.objective!r}: set "
-                        "train.epochs=0 and train.steps instead")
-    from lm.data import classification
+    """⌈examples of the train split / batch_size⌉ (classification and seq2seq know their size)."""
+    from lm.data import pipeline
 
-    examples = classification.num_examples(config.data, config.data.train_split)
+    examples = pipeline.num_examples(config.data, config.data.train_split)
     if not examples:
         raise UserError(f"data.train_split={config.data.train_split!r} holds no examples")
     return math.ceil(examples / config.train.batch_size)
