@@ -200,7 +200,8 @@ def _generate(
         return jnp.maximum(columns_1xT - start_B[:, None], 0), columns_1xT
 
     carry = (jnp.int32(P), buffer_BxL, jnp.zeros((B,), bool))
-    if use_cache and P <= W:
+    cached = use_cache and P <= W
+    if cached:
         # The cache holds W slots = columns 0..W-1; slots before a row's start are masked.
         positions_BxW, columns_1xW = positions(0, W)
         valid_BxW = columns_1xW >= start_B[:, None]
@@ -231,5 +232,6 @@ def _generate(
         logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxWxV, t - 1 - s, 1, keepdims=False)
         return emit(t, buffer_BxL, done_B, logits_BxV)
 
-    _, buffer_BxL, _ = jax.lax.while_loop(running(L - 1), window_step, carry)
-    return buffer_BxL[:, P:]
+    if not (cached and W >= L - 1):  # else the cache served every column
+        carry = jax.lax.while_loop(running(L - 1), window_step, carry)
+    return carry[1][:, P:]

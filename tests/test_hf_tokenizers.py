@@ -1,8 +1,7 @@
 """Tokenizers of published checkpoints give the ids of transformers' own tokenizers.
 
-Vocabularies are trained here on tiny Shakespeare in each checkpoint's layout (the HF hub is
-unreachable): GPT-2's byte-level BPE with <|endoftext|> last, T5's spiece.model (pad 0,
-</s> 1, <unk> 2, sentinels appended by HF), and the real MiniLM (BERT) WordPiece.
+The GPT-2 and T5 vocabularies are trained on tiny Shakespeare in their checkpoints' layouts
+(conftest.py; the HF hub is unreachable); the BERT one is the real MiniLM WordPiece.
 """
 
 import os
@@ -13,15 +12,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # its idle threads spi
 import ml_collections
 import numpy as np
 import pytest
-import sentencepiece as spm
-import tokenizers as hf_tokenizers
 import transformers
 
 from lm.convert import minilm_dir
-from lm.data import default_config, sources, span, tokenizers
+from lm.data import span, tokenizers
+from tests.conftest import shakespeare_lines
 
-# The first lines of tiny Shakespeare (the default data config's TFDS dataset).
-TEXT = list(tokenizers.lines([sources.text_source(default_config(), "train")[0][:100_000]]))
 SAMPLES = [
     "ROMEO: But soft, what light through yonder window breaks?",
     "First Citizen:\nWe are accounted poor citizens, the patricians good.",
@@ -29,38 +25,13 @@ SAMPLES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory) -> str:
-    """A T5-style checkpoint directory: spiece.model + what transformers saves beside it."""
-    directory = tmp_path_factory.mktemp("t5_tok")
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXT), model_prefix=str(directory / "spiece"), vocab_size=300,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
-        eos_piece="</s>", unk_piece="<unk>", minloglevel=2)
-    # transformers converts spiece.model into its tokenizers-backed T5 tokenizer.
-    transformers.T5Tokenizer.from_pretrained(directory).save_pretrained(directory)
-    return str(directory)
+def t5_reference(t5_tokenizer_dir):
+    return transformers.T5Tokenizer.from_pretrained(t5_tokenizer_dir)
 
 
-def t5_reference(t5_dir):
-    return transformers.T5Tokenizer.from_pretrained(t5_dir)
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory) -> str:
-    directory = tmp_path_factory.mktemp("gpt2_tok")
-    bpe = hf_tokenizers.ByteLevelBPETokenizer()
-    bpe.train_from_iterator(TEXT, vocab_size=400, show_progress=False)
-    bpe.add_special_tokens(["<|endoftext|>"])  # GPT-2's last id (50256 there)
-    end = "<|endoftext|>"
-    transformers.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=end,
-                                   bos_token=end, unk_token=end).save_pretrained(directory)
-    return str(directory)
-
-
-def test_t5_spiece_matches_transformers_with_sentinels(t5_dir):
-    ref = t5_reference(t5_dir)
-    tok = tokenizers.SentencePieceTokenizer(os.path.join(t5_dir, "spiece.model"), 128)
+def test_t5_spiece_matches_transformers_with_sentinels(t5_tokenizer_dir):
+    ref = t5_reference(t5_tokenizer_dir)
+    tok = tokenizers.SentencePieceTokenizer(os.path.join(t5_tokenizer_dir, "spiece.model"), 128)
     assert tok.base_vocab_size == len(ref) == 400 and tok.vocab_size == 512
     assert (tok.pad_id, tok.eos_id, tok.unk_id) == (ref.pad_token_id, ref.eos_token_id,
                                                     ref.unk_token_id) == (0, 1, 2)
@@ -73,25 +44,25 @@ def test_t5_spiece_matches_transformers_with_sentinels(t5_dir):
         assert tok.encode(text) == ref(text, add_special_tokens=False)["input_ids"], text
 
 
-def test_t5_decode_of_sentinels_and_padding_ids(t5_dir):
-    tok = tokenizers.SentencePieceTokenizer(os.path.join(t5_dir, "spiece.model"), 128)
+def test_t5_decode_of_sentinels_and_padding_ids(t5_tokenizer_dir):
+    tok = tokenizers.SentencePieceTokenizer(os.path.join(t5_tokenizer_dir, "spiece.model"), 128)
     ids = tok.encode("good sir") + [tok.sentinel_ids[0], tok.eos_id, 450] + tok.encode("ay")
     # 450 is a vocabulary padding row (400..511): dropped, not OUT_OF_RANGE.
     assert tok.decode(ids) == "good sir<extra_id_0>ay"
     assert tok.decode(tok.encode(SAMPLES[0])) == SAMPLES[0]
 
 
-def test_bare_spiece_model_takes_extra_ids(t5_dir, tmp_path):
-    bare = shutil.copy(os.path.join(t5_dir, "spiece.model"), tmp_path / "spiece.model")
+def test_bare_spiece_model_takes_extra_ids(t5_tokenizer_dir, tmp_path):
+    bare = shutil.copy(os.path.join(t5_tokenizer_dir, "spiece.model"), tmp_path / "spiece.model")
     assert tokenizers.SentencePieceTokenizer(str(bare)).sentinel_ids == ()
     tok = tokenizers.SentencePieceTokenizer(str(bare), extra_ids=10)
     assert tok.sentinel_ids[0] == 309 and tok.base_vocab_size == 310
 
 
-def test_t5_span_corruption_finds_the_sentinels(t5_dir):
-    ref = t5_reference(t5_dir)
-    tok = tokenizers.SentencePieceTokenizer(os.path.join(t5_dir, "spiece.model"))
-    tokens = np.array(tok.encode(" ".join(TEXT[:10]))[:100])
+def test_t5_span_corruption_finds_the_sentinels(t5_tokenizer_dir):
+    ref = t5_reference(t5_tokenizer_dir)
+    tok = tokenizers.SentencePieceTokenizer(os.path.join(t5_tokenizer_dir, "spiece.model"))
+    tokens = np.array(tok.encode(" ".join(shakespeare_lines()[:10]))[:100])
     ex = span.span_corruption(tokens, np.random.default_rng(0), sentinel_ids=tok.sentinel_ids,
                               eos_id=tok.eos_id, pad_id=tok.pad_id, inputs_len=128,
                               targets_len=64)
@@ -101,9 +72,9 @@ def test_t5_span_corruption_finds_the_sentinels(t5_dir):
     assert "<extra_id_1>" in tok.decode(ex["targets"])
 
 
-def test_t5_tokenizer_json_matches_transformers(t5_dir):
-    ref = t5_reference(t5_dir)
-    tok = tokenizers.hf_tokenizer(t5_dir)  # prefers tokenizer.json
+def test_t5_tokenizer_json_matches_transformers(t5_tokenizer_dir):
+    ref = t5_reference(t5_tokenizer_dir)
+    tok = tokenizers.hf_tokenizer(t5_tokenizer_dir)  # prefers tokenizer.json
     assert isinstance(tok, tokenizers.HFTokenizer)
     assert (tok.pad_id, tok.eos_id, tok.unk_id) == (0, 1, 2)
     assert tok.sentinel_ids[:3] == (399, 398, 397) and len(tok.sentinel_ids) == 100
@@ -111,10 +82,10 @@ def test_t5_tokenizer_json_matches_transformers(t5_dir):
         assert tok.encode(text) == ref(text, add_special_tokens=False)["input_ids"], text
 
 
-def test_gpt2_bpe_matches_transformers(gpt2_dir):
-    ref = transformers.AutoTokenizer.from_pretrained(gpt2_dir)
+def test_gpt2_bpe_matches_transformers(gpt2_tokenizer_dir):
+    ref = transformers.AutoTokenizer.from_pretrained(gpt2_tokenizer_dir)
     tok = tokenizers.make_tokenizer(ml_collections.ConfigDict(dict(
-        tokenizer=dict(kind="hf", path=gpt2_dir, vocab_multiple=128))))
+        tokenizer=dict(kind="hf", path=gpt2_tokenizer_dir, vocab_multiple=128))))
     assert tok.eos_id == ref.eos_token_id == ref.convert_tokens_to_ids("<|endoftext|>") == 400
     assert tok.pad_id is None and tok.base_vocab_size == 401 and tok.vocab_size == 512
     for text in SAMPLES + ["end of a document<|endoftext|>and the next"]:
