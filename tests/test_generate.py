@@ -28,7 +28,7 @@ from lm.models import build, model_config
 from tests.test_convert import VOCAB, bert_config, gpt2_config, randomized, saved, t5_model
 
 PAD = 0
-PROMPT_LENGTHS = (5, 2, 11)  # ragged; 11 is past the sliding-window variant's max_len
+PROMPT_LENGTHS = (5, 2, 11)  # ragged
 
 
 def prompts(lengths=PROMPT_LENGTHS, seed=0) -> list[list[int]]:
@@ -121,8 +121,9 @@ def test_t5_greedy_matches_transformers_generate(tmp_path):
 # ------------------------------------------------------------------ cache vs recomputation
 
 VARIANTS = {
-    # 11-token prompt + 10 new tokens > max_len 8: the window slides (nanoGPT's crop).
-    "gpt_learned_sliding": dict(family="gpt", max_len=8),
+    # 11-token prompt + 10 new tokens > max_len 12: the cache serves the first new tokens,
+    # then the window slides (nanoGPT's crop).
+    "gpt_learned_sliding": dict(family="gpt", max_len=12),
     "gpt_rope": dict(family="gpt", position="rope", num_kv_heads=2),
     "t5": dict(family="t5", num_decoder_layers=3),
 }
