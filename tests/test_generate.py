@@ -124,7 +124,7 @@ VARIANTS = {
     # 11-token prompt + 10 new tokens > max_len 12: the cache serves the first new tokens,
     # then the window slides (nanoGPT's crop).
     "gpt_learned_sliding": dict(family="gpt", max_len=12),
-    "gpt_rope": dict(family="gpt", position="rope", num_kv_heads=2),
+    "gpt_rope": dict(family="gpt", position="rope", num_kv_heads=2, scan_layers=False),
     "t5": dict(family="t5", num_decoder_layers=3),
 }
 
