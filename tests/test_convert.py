@@ -69,11 +69,16 @@ def gpt2_config(**kw) -> transformers.GPT2Config:
                                           n_head=4, bos_token_id=1, eos_token_id=1) | kw)
 
 
+def random_gpt2(directory, **kw) -> tuple[transformers.GPT2LMHeadModel, str]:
+    """A random-weight HF GPT-2 (gpt2_config(**kw)), saved in `directory`."""
+    torch.manual_seed(0)
+    hf = randomized(transformers.GPT2LMHeadModel(gpt2_config(**kw)))
+    return hf, saved(hf, directory)
+
+
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
-    torch.manual_seed(0)
-    hf = randomized(transformers.GPT2LMHeadModel(gpt2_config()))
-    return hf, saved(hf, tmp_path_factory.mktemp("gpt2"))
+    return random_gpt2(tmp_path_factory.mktemp("gpt2"))
 
 
 def test_gpt2_logits_match_hf(gpt2):
@@ -86,11 +91,10 @@ def test_gpt2_logits_match_hf(gpt2):
 
 
 def test_gpt2_untied_head(tmp_path):
-    torch.manual_seed(0)
-    hf = randomized(transformers.GPT2LMHeadModel(gpt2_config(tie_word_embeddings=False)))
+    hf, directory = random_gpt2(tmp_path, tie_word_embeddings=False)
     x = tokens((2, 16))
     want = hf(torch.tensor(x, dtype=torch.long)).logits.detach().numpy()
-    model, params = from_hf(saved(hf, tmp_path))
+    model, params = from_hf(directory)
     assert not model.cfg.tie_embeddings
     assert max_diff("GPT-2 untied LM logits", model.apply({"params": params}, x), want) <= TOL
 

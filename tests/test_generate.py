@@ -25,7 +25,7 @@ from lm import inference
 from lm.convert import from_hf, minilm_dir
 from lm.generate import Sampling, filter_logits, generate
 from lm.models import build, model_config
-from tests.test_convert import VOCAB, bert_config, gpt2_config, randomized, saved, t5_model
+from tests.test_convert import VOCAB, bert_config, random_gpt2, randomized, saved, t5_model
 
 PAD = 0
 PROMPT_LENGTHS = (5, 2, 11)  # ragged
@@ -70,15 +70,8 @@ def pick_eos(path: list[int]) -> int:
     return next((t for k, t in enumerate(path) if k >= 2 and t not in path[:k]), path[0])
 
 
-@pytest.fixture(scope="module")
-def hf_gpt2(tmp_path_factory):
-    torch.manual_seed(0)
-    hf = randomized(transformers.GPT2LMHeadModel(gpt2_config()))
-    return hf, saved(hf, tmp_path_factory.mktemp("gpt2"))
-
-
-def test_gpt2_greedy_matches_transformers_generate(hf_gpt2):
-    hf, directory = hf_gpt2
+def test_gpt2_greedy_matches_transformers_generate(tmp_path):
+    hf, directory = random_gpt2(tmp_path)
     rows, n = prompts(), 10
     as_long = lambda x: torch.tensor([x], dtype=torch.long)
     with torch.no_grad():
@@ -302,9 +295,8 @@ def with_tokenizer(directory, tokenizer_dir) -> str:
 
 
 def test_sample_text_equals_transformers_decoded_text(gpt2_tokenizer_dir, tmp_path):
-    torch.manual_seed(0)
-    hf = randomized(transformers.GPT2LMHeadModel(gpt2_config(vocab_size=401)))
-    directory = with_tokenizer(saved(hf, tmp_path), gpt2_tokenizer_dir)
+    hf, directory = random_gpt2(tmp_path, vocab_size=401)
+    directory = with_tokenizer(directory, gpt2_tokenizer_dir)
     model, params, tokenizer = inference.load_hf(directory)
     assert tokenizer.eos_id == 400
     texts = ["ROMEO: But soft,", "Good"]
