@@ -115,8 +115,9 @@ def generate(
         raise ValueError("prompt_mask must be left padding: each row 0...0 1...1, ending in 1")
     if cfg.family == "t5" and not np.all(prompt_mask):
         raise ValueError("T5 decoder prompts are not padded: put ragged text in encoder_tokens")
-    if cfg.scan_layers:  # a scan over layers copies the whole KV cache each step: unroll
-        model = build(cfg.replace(scan_layers=False))
+    if cfg.scan_layers or cfg.remat_policy != "none":
+        # A scan over layers copies the whole KV cache at each step: unroll. No remat.
+        model = build(cfg.replace(scan_layers=False, remat_policy="none"))
     return _generate(
         params,
         jnp.asarray(prompt_BxP, jnp.int32),
