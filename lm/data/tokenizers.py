@@ -64,7 +64,11 @@ class Tokenizer:
 class SentencePieceTokenizer(Tokenizer):
     """A sentencepiece model: trained here (special symbols inside the model), or T5's
     `spiece.model`, whose sentinels HF appends after the pieces: `<extra_id_N>` =
-    pieces + extra_ids - 1 - N (t5-small: 32000 pieces + 100 sentinels = 32100 ids)."""
+    pieces + extra_ids - 1 - N (t5-small: 32000 pieces + 100 sentinels = 32100 ids).
+
+    extra_ids=None reads the count from the HF files beside the model (see _extra_ids); a
+    model that holds its own sentinels gets none appended.
+    """
 
     def __init__(self, path: str, vocab_multiple: int = 1, extra_ids: int | None = None):
         import sentencepiece as spm
@@ -105,10 +109,10 @@ class SentencePieceTokenizer(Tokenizer):
         parts = SENTINEL_RE.split(text)
         ids = []
         for k, part in enumerate(parts):
-            if k % 2:
+            if k % 2 and int(part) < self.extra_ids:
                 ids.append(self.num_pieces + self.extra_ids - 1 - int(part))
             elif part:
-                ids += self.sp.encode(part)
+                ids += self.sp.encode(sentinel(int(part)) if k % 2 else part)
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
