@@ -54,7 +54,7 @@ def get_config(arg: str | None = None):
     d.source = "glue"  # TFDS's glue/<task> when prepared, else the GLUE TSV files
     d.train_split, d.eval_split = a.train, "validation"
     # '' = the init source's tokenizer (its tokenizer.json, or the run's own vocabulary).
-    d.tokenizer.update(kind="wordpiece", path="minilm" if a.init == "random" else "",
+    d.tokenizer.update(kind="hf", path="minilm" if a.init == "random" else "",
                        vocab_multiple=1)  # the checkpoint's embedding table fixes the vocab
     d.length_buckets = True  # SST-2 averages ~13 word pieces: most batches cut to 16 or 32
 

@@ -8,11 +8,14 @@ as wrong), BLEU and ROUGE for free text.
 
     # from this project's T5 pretraining run (its sentencepiece vocabulary comes along)
     python -m lm train --config experiments/t5_span_corruption.py:tiny --workdir /tmp/t5_tiny
-    python -m lm train --config experiments/finetune_t5.py:sst2,init=/tmp/t5_tiny --workdir /tmp/sst2_t5
+    python -m lm train --config experiments/finetune_t5.py:sst2,init=/tmp/t5_tiny \\
+        --workdir /tmp/sst2_t5
     # a Hugging Face T5 directory, or a random tiny T5 (a vocabulary is trained on the task)
-    python -m lm train --config experiments/finetune_t5.py:rte,init=/path/to/t5-small --workdir /tmp/rte_t5
+    python -m lm train --config experiments/finetune_t5.py:rte,init=/path/to/t5-small \\
+        --workdir /tmp/rte_t5
     # pairs: JSON lines {"source": ..., "target": ...} or a two-column TSV
-    python -m lm train --config experiments/finetune_t5.py:pairs,init=/tmp/t5_tiny --workdir /tmp/mt \\
+    python -m lm train --config experiments/finetune_t5.py:pairs,init=/tmp/t5_tiny \\
+        --workdir /tmp/mt \\
         --config.data.files.train=train.jsonl --config.data.files.validation=dev.jsonl
 
 The arg is `<task>[,key=value...]`: task (a GLUE task or `pairs`), init (`random` | PATH: a

@@ -5,6 +5,7 @@ in tests/data, so the suite runs on a fresh clone. `full_data(...)` marks the te
 need the whole datasets; they are skipped, naming the command that prepares them.
 """
 
+import functools
 import os
 import pathlib
 
@@ -45,3 +46,47 @@ def sentencepiece_model(tmp_path_factory) -> str:
     prefix = tmp_path_factory.mktemp("spm") / "wt2_512"
     return tokenizers.train_sentencepiece(
         tokenizers.lines(sources.text_source(cfg, split)), str(prefix), vocab_size=512)
+
+
+@functools.cache
+def shakespeare_lines() -> list[str]:
+    """The non-blank lines of the first 100k characters of tiny Shakespeare."""
+    from lm.data import sources, tokenizers
+
+    text = sources.shakespeare_text()[:100_000]
+    return list(tokenizers.lines([text]))
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_dir(tmp_path_factory) -> str:
+    """A T5-layout tokenizer directory: a 300-piece spiece.model (<pad> 0, </s> 1, <unk> 2)
+    and the tokenizer.json + tokenizer_config.json transformers converts it to (which
+    appends the 100 sentinels: 400 ids)."""
+    import sentencepiece as spm
+    import transformers
+
+    directory = tmp_path_factory.mktemp("t5_tokenizer")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(shakespeare_lines()), model_prefix=str(directory / "spiece"),
+        vocab_size=300, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", minloglevel=2)
+    transformers.T5Tokenizer.from_pretrained(directory).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir(tmp_path_factory) -> str:
+    """A GPT-2-layout tokenizer directory: a 400-piece byte-level BPE, then <|endoftext|>
+    (id 400, the last, as 50256 in GPT-2), saved by transformers."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import tokenizers
+    import transformers
+
+    directory = tmp_path_factory.mktemp("gpt2_tokenizer")
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(shakespeare_lines(), vocab_size=400, show_progress=False)
+    bpe.add_special_tokens(["<|endoftext|>"])
+    end = "<|endoftext|>"
+    transformers.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=end,
+                                   bos_token=end, unk_token=end).save_pretrained(directory)
+    return str(directory)

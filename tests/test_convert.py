@@ -65,15 +65,20 @@ def padded_mask() -> np.ndarray:
 # ----------------------------------------------------------------------------- GPT-2
 
 def gpt2_config(**kw) -> transformers.GPT2Config:
-    return transformers.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2,
-                                   n_head=4, bos_token_id=1, eos_token_id=1, **kw)
+    return transformers.GPT2Config(**dict(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2,
+                                          n_head=4, bos_token_id=1, eos_token_id=1) | kw)
+
+
+def random_gpt2(directory, **kw) -> tuple[transformers.GPT2LMHeadModel, str]:
+    """A random-weight HF GPT-2 (gpt2_config(**kw)), saved in `directory`."""
+    torch.manual_seed(0)
+    hf = randomized(transformers.GPT2LMHeadModel(gpt2_config(**kw)))
+    return hf, saved(hf, directory)
 
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
-    torch.manual_seed(0)
-    hf = randomized(transformers.GPT2LMHeadModel(gpt2_config()))
-    return hf, saved(hf, tmp_path_factory.mktemp("gpt2"))
+    return random_gpt2(tmp_path_factory.mktemp("gpt2"))
 
 
 def test_gpt2_logits_match_hf(gpt2):
@@ -86,11 +91,10 @@ def test_gpt2_logits_match_hf(gpt2):
 
 
 def test_gpt2_untied_head(tmp_path):
-    torch.manual_seed(0)
-    hf = randomized(transformers.GPT2LMHeadModel(gpt2_config(tie_word_embeddings=False)))
+    hf, directory = random_gpt2(tmp_path, tie_word_embeddings=False)
     x = tokens((2, 16))
     want = hf(torch.tensor(x, dtype=torch.long)).logits.detach().numpy()
-    model, params = from_hf(saved(hf, tmp_path))
+    model, params = from_hf(directory)
     assert not model.cfg.tie_embeddings
     assert max_diff("GPT-2 untied LM logits", model.apply({"params": params}, x), want) <= TOL
 
@@ -98,9 +102,9 @@ def test_gpt2_untied_head(tmp_path):
 # ----------------------------------------------------------------------------- BERT
 
 def bert_config(**kw) -> transformers.BertConfig:
-    return transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                                   num_attention_heads=4, intermediate_size=37,
-                                   max_position_embeddings=64, **kw)
+    return transformers.BertConfig(**dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=4, intermediate_size=37,
+                                          max_position_embeddings=64) | kw)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +154,23 @@ def test_bert_model_hidden_states_match_hf(tmp_path):
     assert max_diff("BertModel pooled", got["pooled"], pooled) <= TOL
 
 
+def test_bert_masked_lm_matches_hf_and_gets_a_fresh_pooler(tmp_path):
+    torch.manual_seed(0)
+    hf = randomized(transformers.BertForMaskedLM(bert_config(initializer_range=0.05)))
+    x, type_ids, mask = bert_inputs()
+    want = run_hf_bert(hf, x, type_ids, mask).logits.detach().numpy()
+    directory = saved(hf, tmp_path)
+    model, params = from_hf(directory)
+    assert model.cfg.heads == ("mlm",)
+    got = run_lm_bert(directory, x, type_ids, mask)
+    assert max_diff("BertForMaskedLM logits", got["mlm_logits"], want, valid=mask) <= TOL
+    # HF's BertForMaskedLM has no pooler: lm's starts afresh, N(0, initializer_range) and 0,
+    # as HF's own classifier would when loaded from this checkpoint.
+    pooler = params["pooler"]
+    assert abs(float(np.std(pooler["kernel"])) - 0.05) < 0.01
+    assert not np.any(pooler["bias"])
+
+
 def test_bert_classifier_logits_match_hf(tmp_path):
     torch.manual_seed(0)
     hf = randomized(transformers.BertForSequenceClassification(bert_config(num_labels=3)))
@@ -192,10 +213,11 @@ T5_FLAVOURS = {
 }
 
 
-def t5_model(flavour: str, untie: bool) -> transformers.T5ForConditionalGeneration:
+def t5_model(flavour: str, untie: bool, **kw) -> transformers.T5ForConditionalGeneration:
     torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2,
-                                   num_decoder_layers=3, num_heads=4, **T5_FLAVOURS[flavour])
+    config = transformers.T5Config(**dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37,
+                                          num_layers=2, num_decoder_layers=3, num_heads=4)
+                                   | T5_FLAVOURS[flavour] | kw)
     hf = transformers.T5ForConditionalGeneration(config)
     if untie:  # transformers 5 always ties the LM head to `shared`; v1.1 checkpoints do not
         hf.lm_head.weight = torch.nn.Parameter(torch.randn_like(hf.lm_head.weight) * 0.05)

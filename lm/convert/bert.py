@@ -1,4 +1,5 @@
-"""BERT (BertModel, BertForPreTraining, BertForSequenceClassification) -> lm BERT (post-LN)."""
+"""BERT (BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification) -> lm BERT
+(post-LN)."""
 
 from lm.convert.common import (
     ACTIVATIONS,
@@ -45,7 +46,7 @@ def config(hf: dict) -> dict:
         activation=field(hf, "hidden_act", ACTIVATIONS, "gelu"), gated=False, use_bias=True,
         tie_embeddings=True, dropout_rate=hf.get("hidden_dropout_prob", 0.1),
         attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
-        scale_attention=True,
+        scale_attention=True, init_std=hf.get("initializer_range", 0.02),
     )
 
 

@@ -35,12 +35,17 @@ ARCHITECTURES: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "GPT2LMHeadModel": ("gpt2", lambda hf: {}),
     "BertModel": ("bert", lambda hf: {"heads": ()}),
     "BertForPreTraining": ("bert", lambda hf: {"heads": ("mlm", "nsp")}),
+    "BertForMaskedLM": ("bert", lambda hf: {"heads": ("mlm",)}),
     "BertForSequenceClassification": (
         "bert",
         lambda hf: {"heads": (), "num_labels": bert.num_labels(hf)},
     ),
     "T5ForConditionalGeneration": ("t5", lambda hf: {}),
 }
+# Parameter subtrees of the lm model that an architecture's checkpoint lacks. They are
+# initialised afresh, as transformers does when it loads such a checkpoint into a class that
+# has them (BertForMaskedLM has no pooler; a classifier finetuned from it starts a new one).
+FRESH: dict[str, tuple[str, ...]] = {"BertForMaskedLM": ("pooler",)}
 # How many token arrays each lm family's `init` takes (T5: encoder and decoder tokens).
 INIT_INPUTS = {"gpt": 1, "bert": 1, "t5": 2}
 # Used when config.json has no `architectures` list.
@@ -60,7 +65,8 @@ def from_hf(directory: str | pathlib.Path, **model_overrides: Any) -> tuple[nn.M
     directory = pathlib.Path(directory)
     hf_config, files = read_config(directory), weight_files(directory)
     cfg = config_from_hf(hf_config, **model_overrides)
-    params = convert_tensors(cfg, FAMILIES[hf_config["model_type"]], read_tensors(files))
+    params = convert_tensors(cfg, FAMILIES[hf_config["model_type"]], read_tensors(files),
+                             fresh=FRESH.get(architecture(hf_config), ()))
     return build(cfg), params
 
 
@@ -109,38 +115,47 @@ def read_tensors(files: list[pathlib.Path]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
-    """Translates an HF config.json dict into a ModelConfig (plus `overrides`)."""
+def architecture(hf: dict) -> str:
+    """The supported HF class the config.json declares (its first `architectures` entry)."""
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         raise UserError(f"config.json model_type={model_type!r} is not supported; "
                          f"supported: {sorted(FAMILIES)}")
-    architecture = (hf.get("architectures") or [DEFAULT_ARCHITECTURE[model_type]])[0]
-    if architecture not in ARCHITECTURES or ARCHITECTURES[architecture][0] != model_type:
+    name = (hf.get("architectures") or [DEFAULT_ARCHITECTURE[model_type]])[0]
+    if name not in ARCHITECTURES or ARCHITECTURES[name][0] != model_type:
         supported = [a for a, (t, _) in ARCHITECTURES.items() if t == model_type]
-        raise UserError(f"config.json architectures=[{architecture!r}] is not supported for "
+        raise UserError(f"config.json architectures=[{name!r}] is not supported for "
                          f"model_type={model_type!r}; supported: {supported}")
+    return name
+
+
+def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
+    """Translates an HF config.json dict into a ModelConfig (plus `overrides`)."""
+    model_type, name = hf.get("model_type"), architecture(hf)
     unknown = overrides.keys() - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
         raise ValueError(f"unknown ModelConfig fields in overrides: {sorted(unknown)}")
     try:
-        fields = FAMILIES[model_type].config(hf) | ARCHITECTURES[architecture][1](hf)
+        fields = FAMILIES[model_type].config(hf) | ARCHITECTURES[name][1](hf)
     except KeyError as e:
         raise UserError(f"config.json has no field {e.args[0]!r}, which a {model_type} "
                          "config needs") from None
     return ModelConfig(**(fields | overrides))
 
 
-def convert_tensors(cfg: ModelConfig, family: Any, tensors: Mapping[str, np.ndarray]) -> dict:
-    """Applies the family's rules to HF `tensors`; the lm params tree (float32)."""
+def convert_tensors(cfg: ModelConfig, family: Any, tensors: Mapping[str, np.ndarray],
+                    fresh: tuple[str, ...] = ()) -> dict:
+    """Applies the family's rules to HF `tensors`; the lm params tree (float32). The
+    top-level subtrees named in `fresh` are initialised instead (see FRESH)."""
     tensors = fill_tied(canonical_names(tensors, family.PREFIX), family.TIED)
-    rules = family.rules(cfg)
+    rules = {path: rule for path, rule in family.rules(cfg).items() if path[0] not in fresh}
     check_names(tensors, {name for name, _ in rules.values()}, family)
     flat = {path: np.asarray(fn(np.asarray(tensors[name], np.float32))) for path, (name, fn)
             in rules.items()}
     params = unflatten(flat)
     if cfg.scan_layers:
         params = {name: scanned(sub) for name, sub in params.items()}
+    params |= fresh_params(cfg, fresh)
     check_shapes(cfg, params)
     return jax.tree.map(jax.numpy.asarray, params)
 
@@ -150,6 +165,20 @@ def scanned(subtree: Any) -> Any:
     if not (isinstance(subtree, dict) and "layers_0" in subtree):
         return subtree
     return stack_layers(subtree, sum(k.startswith("layers_") for k in subtree))
+
+
+def fresh_params(cfg: ModelConfig, names: tuple[str, ...]) -> dict:
+    """The top-level subtrees `names` of `build(cfg).init`'s params (seed 0); jit computes
+    only those."""
+    if not names:
+        return {}
+    tokens = [jax.numpy.zeros((1, 1), jax.numpy.int32)] * INIT_INPUTS[cfg.family]
+
+    def init(key):
+        params = nn.unbox(build(cfg).init(key, *tokens))["params"]
+        return {name: params[name] for name in names}
+
+    return jax.jit(init)(jax.random.key(0))
 
 
 def param_shapes(cfg: ModelConfig) -> dict:

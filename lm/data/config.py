@@ -37,7 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
         eval_split="validation",
         # --- tokenizer
         tokenizer=dict(
-            kind="char",  # 'sentencepiece' | 'char' | 'wordpiece' (HF BERT tokenizer.json)
+            kind="char",  # 'sentencepiece' | 'char' | 'hf' (HF tokenizer.json; alias 'wordpiece')
             path="",  # .model / tokenizer.json / char vocab .json ('' = char from the text)
             vocab_split="train",  # char: the split whose characters are the vocabulary
             vocab_multiple=128,  # pad vocab_size up to a multiple of this (1 = no padding)

@@ -1,4 +1,5 @@
-"""Tokenizers: sentencepiece (trained here), characters (nanoGPT style), HF WordPiece.
+"""Tokenizers: sentencepiece (trained here, or T5's), characters (nanoGPT style), and any
+Hugging Face tokenizer.json (GPT-2 BPE, BERT WordPiece, T5 unigram).
 
 All share one interface: `encode(str) -> list[int]`, `decode(ids) -> str`, the ids of the
 special symbols the objectives need (None where a vocabulary has no such symbol), and
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -62,7 +64,15 @@ class Tokenizer:
 
 
 class SentencePieceTokenizer(Tokenizer):
-    def __init__(self, path: str, vocab_multiple: int = 1):
+    """A sentencepiece model: trained here (special symbols inside the model), or T5's
+    `spiece.model`, whose sentinels HF appends after the pieces: `<extra_id_N>` =
+    pieces + extra_ids - 1 - N (t5-small: 32000 pieces + 100 sentinels = 32100 ids).
+
+    extra_ids=None reads the count from the HF files beside the model (see _extra_ids); a
+    model that holds its own sentinels gets none appended.
+    """
+
+    def __init__(self, path: str, vocab_multiple: int = 1, extra_ids: int | None = None):
         import sentencepiece as spm
 
         if not os.path.exists(path):
@@ -70,7 +80,7 @@ class SentencePieceTokenizer(Tokenizer):
                                     "`python -m lm tokenizer train --output PREFIX ...`")
         self.path = path
         self.sp = sp = spm.SentencePieceProcessor(model_file=path)
-        n = sp.get_piece_size()
+        self.num_pieces = n = sp.get_piece_size()
         ids = {p: sp.piece_to_id(p) for p in ("<pad>", "<eos>", "<unk>", *BERT_SYMBOLS)}
         found = {p: i for p, i in ids.items() if i != sp.unk_id() or p == "<unk>"}
         self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else found.get("<pad>")
@@ -80,6 +90,9 @@ class SentencePieceTokenizer(Tokenizer):
         sentinels = []
         while (i := sp.piece_to_id(sentinel(len(sentinels)))) != sp.unk_id():
             sentinels.append(i)
+        extra = 0 if sentinels else _extra_ids(path) if extra_ids is None else extra_ids
+        self.extra_ids = extra
+        sentinels += [n + extra - 1 - k for k in range(extra)]
         self.sentinel_ids = tuple(sentinels)
         special = [i for i in range(n) if sp.is_control(i) or sp.is_unknown(i)]
         special += [i for i in (self.cls_id, self.sep_id, self.mask_id) if i is not None]
@@ -87,13 +100,55 @@ class SentencePieceTokenizer(Tokenizer):
         special_set = set(special)
         continues = [i not in special_set and not sp.is_byte(i)
                      and not sp.id_to_piece(i).startswith("\u2581") for i in range(n)]
-        super().__init__(n, special, np.array(continues), vocab_multiple)
+        super().__init__(n + extra, special, np.array(continues + [False] * extra),
+                         vocab_multiple)
 
     def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text)
+        if not self.extra_ids:
+            return self.sp.encode(text)
+        # Sentinels written in the text are one id each, the text between them pieces (as
+        # HF's T5 tokenizer).
+        parts = SENTINEL_RE.split(text)
+        ids = []
+        for k, part in enumerate(parts):
+            if k % 2 and int(part) < self.extra_ids:
+                ids.append(self.num_pieces + self.extra_ids - 1 - int(part))
+            elif part:
+                ids += self.sp.encode(sentinel(int(part)) if k % 2 else part)
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.sp.decode([int(i) for i in ids])
+        """Pieces decode as sentencepiece does; appended sentinels as `<extra_id_N>`; ids in
+        the vocabulary padding (past base_vocab_size) are dropped."""
+        out, run = [], []
+        for i in map(int, ids):
+            if 0 <= i < self.num_pieces:
+                run.append(i)
+            elif self.num_pieces <= i < self.base_vocab_size:
+                out += [self.sp.decode(run), sentinel(self.num_pieces + self.extra_ids - 1 - i)]
+                run = []
+        return "".join(out) + self.sp.decode(run)
+
+
+SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
+
+
+def _extra_ids(model_path: str) -> int:
+    """How many sentinels an HF directory appends to its spiece.model: tokenizer_config.json's
+    `extra_ids`, else HF's default of 100 for a T5 (config.json model_type 't5'), else 0."""
+    directory = os.path.dirname(os.path.abspath(model_path))
+    tok_config = _read_json(os.path.join(directory, "tokenizer_config.json"))
+    if "extra_ids" in tok_config:
+        return int(tok_config["extra_ids"])
+    model_type = _read_json(os.path.join(directory, "config.json")).get("model_type")
+    return 100 if model_type == "t5" else 0
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 class CharTokenizer(Tokenizer):
@@ -114,8 +169,24 @@ class CharTokenizer(Tokenizer):
         return "".join(self.chars[i] for i in ids if 0 <= i < n)
 
 
-class WordPieceTokenizer(Tokenizer):
-    """An imported Hugging Face BERT's WordPiece (its tokenizer.json), ids as it was trained."""
+# Special-symbol attributes and their HF names (tokenizer_config.json `eos_token`...).
+SPECIAL_NAMES = ("pad", "eos", "unk", "cls", "sep", "mask")
+# Symbols of well-known vocabularies, for a bare tokenizer.json with no config files.
+KNOWN_SYMBOLS = {
+    "pad": ("[PAD]", "<pad>"), "eos": ("</s>", "<|endoftext|>", "<eos>"),
+    "unk": ("[UNK]", "<unk>"), "cls": ("[CLS]",), "sep": ("[SEP]",), "mask": ("[MASK]", "<mask>"),
+}
+
+
+class HFTokenizer(Tokenizer):
+    """Any Hugging Face `tokenizer.json` (GPT-2's byte-level BPE, BERT's WordPiece, T5's
+    unigram) through the `tokenizers` library, with its ids as the checkpoint has them.
+
+    Special ids come from the files beside it: tokenizer_config.json and
+    special_tokens_map.json (`eos_token`...), then config.json (`eos_token_id`...), then
+    well-known symbols ([CLS], </s>, <|endoftext|>...). A BERT has no eos: its [SEP] ends a
+    text. `path`: the tokenizer.json or its directory.
+    """
 
     def __init__(self, path: str, vocab_multiple: int = 1):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # idle threads spin
@@ -123,24 +194,85 @@ class WordPieceTokenizer(Tokenizer):
 
         if os.path.isdir(path):
             path = os.path.join(path, "tokenizer.json")
+        self.path = path
         self.tok = tok = tokenizers.Tokenizer.from_file(path)
         tok.no_padding()
         tok.no_truncation()
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
-            tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
-        self.eos_id = self.sep_id  # BERT ends a text with [SEP]
+        for name, i in _special_ids(os.path.dirname(path), tok).items():
+            setattr(self, f"{name}_id", i)
+        if self.eos_id is None:
+            self.eos_id = self.sep_id  # BERT ends a text with [SEP]
+        sentinels = []
+        while (i := tok.token_to_id(sentinel(len(sentinels)))) is not None:
+            sentinels.append(i)
+        self.sentinel_ids = tuple(sentinels)
         n = tok.get_vocab_size(with_added_tokens=True)
-        special = [i for i, t in tok.get_added_tokens_decoder().items() if t.special]
-        vocab = tok.get_vocab(with_added_tokens=True)
-        continues = np.zeros(n, bool)
-        continues[[i for t, i in vocab.items() if t.startswith("##")]] = True
-        super().__init__(n, special, continues, vocab_multiple)
+        added = tok.get_added_tokens_decoder()
+        special = {i for i, t in added.items() if t.special} | set(sentinels)
+        special |= {getattr(self, f"{k}_id") for k in SPECIAL_NAMES} - {None}
+        super().__init__(n, special, _continues_word(tok, n, special), vocab_multiple)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode([int(i) for i in ids])
+        """Special symbols are kept (sentinels, [MASK]) except padding; ids past the
+        vocabulary (its padding rows) are dropped."""
+        keep = [int(i) for i in ids if 0 <= i < self.base_vocab_size and i != self.pad_id]
+        return self.tok.decode(keep, skip_special_tokens=False)
+
+
+WordPieceTokenizer = HFTokenizer  # the name experiments and saved configs used for BERT's
+
+
+def _special_ids(directory: str, tok) -> dict[str, int | None]:
+    """{'eos': id or None, ...}: the symbol the tokenizer files name, else config.json's
+    `eos_token_id`..., else a well-known symbol of the vocabulary."""
+    named = {}
+    for file in ("special_tokens_map.json", "tokenizer_config.json"):  # the later file wins
+        for key, value in _read_json(os.path.join(directory, file)).items():
+            value = value.get("content") if isinstance(value, dict) else value
+            if key.endswith("_token") and isinstance(value, str):
+                named[key.removesuffix("_token")] = value
+    model_config = _read_json(os.path.join(directory, "config.json"))
+    out = {}
+    for name in SPECIAL_NAMES:
+        from_config = model_config.get(f"{name}_token_id")
+        if isinstance(from_config, list):  # several eos ids: the first
+            from_config = from_config[0] if from_config else None
+        candidates = [tok.token_to_id(named[name])] if name in named else []
+        candidates += [from_config] + [tok.token_to_id(t) for t in KNOWN_SYMBOLS[name]]
+        out[name] = next((i for i in candidates if i is not None), None)
+    return out
+
+
+def _continues_word(tok, n: int, special: set[int]) -> np.ndarray:
+    """Pieces that continue a word (whole-word masking): WordPiece's `##x`, and for
+    byte-level BPE / unigram the pieces without the word-start mark (Ġ / ▁)."""
+    spec = json.loads(tok.to_str())
+    continues = np.zeros(n, bool)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    if spec["model"]["type"] == "WordPiece":
+        prefix = spec["model"].get("continuing_subword_prefix") or "##"
+        ids = [i for t, i in vocab.items() if t.startswith(prefix)]
+    else:
+        mark = "\u0120" if "ByteLevel" in json.dumps(spec["pre_tokenizer"]) else "\u2581"
+        ids = [i for t, i in vocab.items() if not t.startswith(mark)]
+    continues[ids] = True
+    continues[sorted(special)] = False
+    return continues
+
+
+def hf_tokenizer(directory: str, vocab_multiple: int = 1) -> Tokenizer:
+    """The tokenizer of a Hugging Face checkpoint directory: its tokenizer.json, else T5's
+    spiece.model (with HF's sentinels)."""
+    if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        return HFTokenizer(directory, vocab_multiple)
+    if os.path.isfile(os.path.join(directory, "spiece.model")):
+        return SentencePieceTokenizer(os.path.join(directory, "spiece.model"), vocab_multiple)
+    raise MissingFileError(f"no tokenizer.json or spiece.model in {directory!r} (a vocab.txt "
+                           "or vocab.json + merges.txt only: re-save it with transformers' "
+                           "`AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`)")
 
 
 # ------------------------------------------------------------------------------ train
@@ -206,7 +338,9 @@ def save_chars(docs: Sequence[str], path: str) -> CharTokenizer:
 
 
 def make_tokenizer(data_cfg) -> Tokenizer:
-    """The tokenizer data_cfg.tokenizer describes (kind 'sentencepiece' | 'char' | 'wordpiece')."""
+    """The tokenizer data_cfg.tokenizer describes: kind 'sentencepiece' (a .model; T5's
+    spiece.model gets its sentinels), 'char', or 'hf' (a Hugging Face tokenizer.json or its
+    directory; 'wordpiece' is the old name)."""
     cfg = data_cfg.tokenizer
     kind, multiple = cfg.kind, cfg.vocab_multiple
     if kind == "sentencepiece":
@@ -214,10 +348,11 @@ def make_tokenizer(data_cfg) -> Tokenizer:
             raise UserError("data.tokenizer.path is empty: point it at a sentencepiece .model "
                              "(train one with `python -m lm tokenizer train ...`)")
         return SentencePieceTokenizer(cfg.path, multiple)
-    if kind == "wordpiece":
+    if kind in ("hf", "wordpiece"):
         if not cfg.path:
-            raise UserError("data.tokenizer.path is empty: point it at a BERT tokenizer.json")
-        return WordPieceTokenizer(cfg.path, multiple)
+            raise UserError(f"data.tokenizer.path is empty: kind={kind!r} needs a Hugging Face "
+                             "tokenizer.json (or the checkpoint directory holding it)")
+        return HFTokenizer(cfg.path, multiple)
     if kind == "char":
         if cfg.path:
             with open(cfg.path) as f:
@@ -225,5 +360,5 @@ def make_tokenizer(data_cfg) -> Tokenizer:
         from lm.data.sources import text_source  # the vocabulary is the text's characters
 
         return CharTokenizer(chars_of(text_source(data_cfg, cfg.vocab_split)), multiple)
-    raise UserError(f"data.tokenizer.kind={kind!r}: expected 'sentencepiece', 'char' or "
-                     "'wordpiece'")
+    raise UserError(f"data.tokenizer.kind={kind!r}: expected 'sentencepiece', 'char' or 'hf' "
+                     "(alias 'wordpiece')")

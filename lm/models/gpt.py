@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.nn.attention import causal_mask, combine_masks, segment_mask
+from lm.nn.attention import causal_mask, combine_masks, padding_mask, segment_mask
 from lm.nn.config import ModelConfig
 from lm.nn.layers import LMHead, embed, logits
 from lm.nn.transformer import DecodeIndex, Stack
@@ -30,9 +30,13 @@ class GPT(nn.Module):
         *,
         segment_ids: jax.Array | None = None,
         positions: jax.Array | None = None,
+        input_mask: jax.Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
     ) -> jax.Array:
+        """Logits BxTxV. `positions` (BxT) default to the sequence (decode: cache-slot) index;
+        `input_mask` (1 = real token) masks padded keys: BxT, or BxS over the cache slots
+        when decoding (left-padded prompts: generate.py)."""
         cfg = self.cfg
         B, T = tokens_BxT.shape
         if decode:
@@ -45,6 +49,7 @@ class GPT(nn.Module):
             index_BxT = key_index_1xS = jnp.arange(T, dtype=jnp.int32)[None]
             seg = None if segment_ids is None else segment_mask(segment_ids, segment_ids)
             mask = combine_masks(causal_mask(index_BxT, key_index_1xS), seg)
+        mask = combine_masks(mask, None if input_mask is None else padding_mask(input_mask))
         positions_BxT = index_BxT if positions is None else positions
         token_embed = embed(cfg, cfg.vocab_size, ("vocab", "embed"), "token_embed")
         x_BxTxD = token_embed(tokens_BxT)

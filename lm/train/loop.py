@@ -30,8 +30,17 @@ from lm import metrics as task_metrics
 from lm.data import pipeline, tokenizers
 from lm.errors import UserError
 from lm.nn.config import ModelConfig
-from lm.train import (checkpoint, decoding, mfu, objectives, optim, pretrained, sharding,
-                      step, windows)
+from lm.train import (
+    checkpoint,
+    decoding,
+    mfu,
+    objectives,
+    optim,
+    pretrained,
+    sharding,
+    step,
+    windows,
+)
 from lm.train.state import TrainState
 from lm.train.writer import MetricsWriter
 

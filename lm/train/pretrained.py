@@ -79,7 +79,10 @@ def _source(init_cfg: Mapping) -> tuple[ModelConfig, dict[str, Any], str] | None
 
         directory = hf_dir(hf)
         model = convert.config_from_hf(convert.read_config(directory))
-        tokenizer = {"kind": "wordpiece", "path": str(directory / "tokenizer.json")}
+        # tokenizer.json (any HF tokenizer), else T5's spiece.model (lm.data.hf_tokenizer)
+        spiece = directory / "spiece.model"
+        tokenizer = {"kind": "sentencepiece", "path": str(spiece)} if spiece.is_file() and not (
+            directory / "tokenizer.json").is_file() else {"kind": "hf", "path": str(directory)}
         return model, tokenizer, f"HF directory {directory}"
     if checkpoint:
         saved = run_config(checkpoint)
@@ -104,7 +107,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                          vocab_multiple=1)
         print(f"model architecture from {where}")
     if config.data.tokenizer.path == "minilm":  # MiniLM's vocabulary (a fresh BERT's default)
-        config.data.tokenizer.path = str(hf_dir("minilm") / "tokenizer.json")
+        config.data.tokenizer.path = str(hf_dir("minilm"))
     if config.train.epochs > 0:
         config.train.steps_per_epoch = steps_per_epoch(config)
         config.train.steps = config.train.epochs * config.train.steps_per_epoch
