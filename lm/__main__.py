@@ -9,13 +9,16 @@ import importlib
 import os
 import sys
 
-# command -> module exposing `main(argv: list[str]) -> None` (imported lazily: `lm tokenizer`
-# should not pay for importing the trainer).
+# command -> module exposing `main(argv: list[str]) -> None`, or `module:function` (imported
+# lazily: `lm tokenizer` should not pay for importing the trainer).
 COMMANDS = {
     "train": "lm.train.cli",
     "sweep": "lm.sweep",
     "predict": "lm.predict",
     "eval": "lm.evaluate",
+    "sample": "lm.commands:sample",
+    "fill_mask": "lm.commands:fill_mask",
+    "classify": "lm.commands:classify",
     "tokenizer": "lm.data.cli",
     "data": "lm.data.cli",
     "convert": "lm.convert.cli",
@@ -29,9 +32,10 @@ def main(argv: list[str]) -> None:
         sys.exit(f"usage: python -m lm <command> [args]; commands: {names}")
     from lm.errors import UserError
 
-    module = importlib.import_module(COMMANDS[argv[1]])
+    module, _, function = COMMANDS[argv[1]].partition(":")
+    command = getattr(importlib.import_module(module), function or "main")
     try:
-        module.main(argv[1:])
+        command(argv[1:])
     except (UserError, FloatingPointError) as e:
         if os.environ.get("LM_DEBUG"):
             raise

@@ -3,6 +3,8 @@
     python -m lm eval --workdir DIR [--split validation] [--step best|latest|N]
     python -m lm eval --workdir DIR --text FILE [--window N] [--stride N]
 
+(`--config.<key>=<value>` overrides the run's recorded config, as in `lm train`.)
+
 On a split: the trainer's own evaluation over the whole split once (loss, perplexity, token
 accuracy, MLM/NSP accuracy, a finetuning task's metrics, decoded-text metrics for seq2seq),
 written to DIR/eval_<split>.json. On a text file (causal LMs): perplexity with a sliding
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lm import config as config_lib
 from lm.errors import UserError
 
 
@@ -123,10 +126,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--text", default=None, help="a text file (causal LMs): perplexity")
     parser.add_argument("--window", type=int, default=None, help="default: model.max_len")
     parser.add_argument("--stride", type=int, default=None, help="default: window // 2")
-    args = parser.parse_args(argv[1:])
+    args, overrides = config_lib.parse_command_line(parser, argv[1:])
     from lm.train import saved
 
-    run = saved.load(args.workdir, int(args.step) if args.step.isdigit() else args.step)
+    run = saved.load(args.workdir, int(args.step) if args.step.isdigit() else args.step,
+                     overrides)
     if args.text:
         path = pathlib.Path(args.text)
         if not path.is_file():

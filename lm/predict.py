@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lm import config as config_lib
 from lm import metrics
 from lm.data import glue
 from lm.errors import UserError
@@ -55,12 +56,13 @@ def predict_split(run, split: str, batch_size: int = 64
 
 
 def predict(workdir: str, split: str = "validation", out: str | None = None,
-            step: int | str = "best") -> tuple[pathlib.Path, dict[str, float]]:
+            step: int | str = "best", overrides: dict[str, str] | None = None
+            ) -> tuple[pathlib.Path, dict[str, float]]:
     """Writes the GLUE submission TSV of `split`; returns the file and, for a labelled split,
     its metrics over the whole split."""
     from lm.train import saved
 
-    run = saved.load(workdir, step)
+    run = saved.load(workdir, step, overrides)
     if run.config.data.objective != "classification":
         raise UserError(
             f"{workdir} is a {run.config.data.objective!r} run: `lm predict` writes GLUE "
@@ -84,8 +86,8 @@ def main(argv: list[str]) -> None:
                         help="output file (default: DIR/<split>_<GLUE name>.tsv)")
     parser.add_argument("--step", default="best",
                         help="checkpoint: 'best' (by train.best_metric), 'latest' or a number")
-    args = parser.parse_args(argv[1:])
+    args, overrides = config_lib.parse_command_line(parser, argv[1:])
     step = int(args.step) if args.step.isdigit() else args.step
-    path, scores = predict(args.workdir, args.split, args.out, step)
+    path, scores = predict(args.workdir, args.split, args.out, step, overrides)
     print(f"wrote {path}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in scores.items()))

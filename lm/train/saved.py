@@ -15,7 +15,9 @@ from typing import Any
 
 import ml_collections
 
+from lm import config as config_lib
 from lm import data, models
+from lm.errors import UserError
 from lm.nn.config import ModelConfig
 from lm.train import checkpoint, pretrained
 
@@ -31,9 +33,22 @@ class SavedRun:
     step: int
 
 
-def load(workdir: str | pathlib.Path, step: int | str = "best") -> SavedRun:
-    """The run in `workdir` at `step` ('best', 'latest' or a number)."""
+def load(workdir: str | pathlib.Path, step: int | str = "best",
+         overrides: dict[str, str] | None = None) -> SavedRun:
+    """The run in `workdir` at `step` ('best', 'latest' or a number), with command-line
+    `{dotted key: text}` overrides of its recorded config (lm.config's parser: e.g.
+    `data.eval_split`, or a model field that does not change the parameters, such as
+    `model.attention_impl`)."""
     config = ml_collections.ConfigDict(pretrained.run_config(workdir))
+    for key, text in (overrides or {}).items():
+        config_lib.override(config, key, text)
     model_cfg, params, step = checkpoint.restore_params(str(workdir), step)
+    changed = {k.split(".", 1)[1]: config.model[k.split(".", 1)[1]]
+               for k in overrides or {} if k.startswith("model.")}
+    fixed = sorted(set(changed) - pretrained.FREE_FIELDS)
+    if fixed:
+        raise UserError(f"model fields {fixed} are fixed by the checkpoint's parameters; only "
+                        f"{sorted(pretrained.FREE_FIELDS)} can change when reading a run")
+    model_cfg = model_cfg.replace(**changed)
     return SavedRun(pathlib.Path(workdir), config, model_cfg, models.build(model_cfg),
                     data.make_tokenizer(config.data), params, step)
