@@ -161,3 +161,34 @@ def test_finetune_tiny_model_on_sst2_slice(tmp_path):
     assert lines[0] == "index\tprediction" and {x.split("\t")[1] for x in lines[1:]} <= {"0", "1"}
     assert scores["accuracy"] == pytest.approx(result["best/eval/accuracy"], abs=1e-6)
     assert scores["step"] == result["best/step"]
+
+
+def test_any_experiment_starts_from_a_hugging_face_directory(gpt2_tokenizer_dir, tmp_path):
+    """gpt_wikitext from a (random) HF GPT-2: the architecture and tokenizer come from the
+    directory, whatever the experiment's own model block says, and the params are its."""
+    from flax import linen as nn
+
+    from lm.convert import from_hf
+    from lm.train.loop import train
+    from tests.test_convert import random_gpt2
+    from tests.test_generate import with_tokenizer
+
+    _, directory = random_gpt2(tmp_path / "hf", vocab_size=401, n_positions=32)
+    directory = with_tokenizer(directory, gpt2_tokenizer_dir)
+    config = config_lib.load("experiments/gpt_wikitext.py:tiny", {
+        "init.hf_dir": directory, "data.seq_len": "32", "model.dropout_rate": "0.0",
+        "model.attention_dropout_rate": "0.0", "data.train_split": "train[:25%]",
+        "train.steps": "1", "train.lr": "0.0", "train.eval_steps": "1"})
+    resolved = finetune.resolve(config)
+    hf_model, hf_params = from_hf(directory)
+    assert (resolved.model.num_layers, resolved.model.d_model, resolved.model.vocab_size) == (
+        2, 32, 401) != (config.model.num_layers, config.model.d_model, config.model.vocab_size)
+    assert resolved.data.tokenizer.to_dict() == {**config.data.tokenizer.to_dict(),
+                                                 "kind": "hf", "path": directory,
+                                                 "vocab_multiple": 1}
+    train(config, str(tmp_path / "run"), quiet=True)  # lr 0: the params stay the HF ones
+    from lm.train import saved
+
+    run = saved.load(tmp_path / "run", "latest")
+    for got, want in zip(jax.tree.leaves(run.params), jax.tree.leaves(nn.unbox(hf_params))):
+        np.testing.assert_array_equal(got, want)
