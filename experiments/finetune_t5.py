@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
     a = _arg(arg)
     config = base_config()
     # A fresh T5 for init=random; otherwise the source's architecture (and vocabulary).
-    config.model = model_fields("t5", a.size, vocab_size=8192, dropout_rate=0.1,
+    config.model = model_fields("t5", a.size, vocab_size=4096, dropout_rate=0.1,
                                 attention_dropout_rate=0.0)
     if a.init != "random":  # a directory: a run of this project, or a Hugging Face one
         is_run = os.path.isdir(os.path.join(a.init, "checkpoints"))
