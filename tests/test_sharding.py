@@ -72,10 +72,23 @@ def train_losses(mesh: dict, ckpt_dir: str = "") -> dict:
             state, metrics = train_step(state, batch)
             losses.append(float(metrics["loss"]))
     wi = state.params["decoder"]["layers"]["mlp"]["wi"]["kernel"]
-    result = dict(losses=losses, wi_shape=wi.shape, wi_shard=wi.addressable_shards[0].data.shape)
+    result = dict(losses=losses, wi_shape=wi.shape, wi_shard=wi.addressable_shards[0].data.shape,
+                  mesh_shape=dict(mesh_obj.shape), **_state_bytes(state))
     if ckpt_dir:
         result["restored_equal"] = _save_and_restore(ckpt_dir, state, mesh_obj)
     return result
+
+
+def _state_bytes(state) -> dict[str, int]:
+    """Bytes of params + optimizer state: on this process's one device, and in all."""
+    leaves = jax.tree.leaves((state.params, state.opt_state))
+    return dict(device_bytes=sum(x.addressable_shards[0].data.nbytes for x in leaves),
+                total_bytes=sum(x.nbytes for x in leaves))
+
+
+def meshes_losses(meshes: list[dict]) -> list[dict]:
+    """`train_losses` on each mesh in turn, in one set of processes (they start slowly)."""
+    return [train_losses(mesh) for mesh in meshes]
 
 
 def _save_and_restore(ckpt_dir: str, state, mesh) -> bool:
@@ -104,15 +117,36 @@ def test_data_parallel_matches_single_device(single_device, tmp_path):
         assert r["restored_equal"]
 
 
+# mesh.preset layouts on 8 devices (tp width 2: the model has 4 heads). Each mesh costs
+# ~15 s more in the 8 processes, so this is the only 8-process test.
+MESHES_8 = {
+    "dp": ({"preset": "dp"}, (8, 1, 1)),
+    "fsdp": ({"preset": "fsdp"}, (1, 8, 1)),
+    "tp": ({"preset": "tp", "tensor": 2}, (4, 1, 2)),
+    "fsdp_tp": ({"preset": "fsdp_tp", "tensor": 2}, (1, 4, 2)),
+}
+
+
 @pytest.mark.slow
-def test_data_fsdp_tensor_2x2x2_matches_single_device(single_device):
-    results = multiproc.run("tests.test_sharding:train_losses", 8,
-                            kwargs={"mesh": {"data": 2, "fsdp": 2, "tensor": 2}}, timeout=480)
-    layers, d_model, d_ff = results[0]["wi_shape"]
-    for r in results:
-        np.testing.assert_allclose(r["losses"], single_device["losses"], rtol=1e-5)
-        # mlp wi (layers, embed, mlp): embed split over fsdp, mlp over tensor
-        assert r["wi_shard"] == [layers, d_model // 2, d_ff // 2]
+def test_presets_on_8_processes_match_single_device(single_device):
+    meshes = [mesh for mesh, _ in MESHES_8.values()]
+    per_process = multiproc.run("tests.test_sharding:meshes_losses", 8,
+                                kwargs={"meshes": meshes}, timeout=600)
+    layers, d_model, d_ff = single_device["wi_shape"]
+    wi_shards = {"dp": [layers, d_model, d_ff], "fsdp": [layers, d_model // 8, d_ff],
+                 "tp": [layers, d_model, d_ff // 2], "fsdp_tp": [layers, d_model // 4, d_ff // 2]}
+    for results in per_process:
+        for (name, (_, shape)), r in zip(MESHES_8.items(), results, strict=True):
+            assert tuple(r["mesh_shape"].values()) == shape, name
+            np.testing.assert_allclose(r["losses"], single_device["losses"], rtol=1e-5,
+                                       err_msg=name)
+            # mlp wi (layers, embed, mlp): embed split over fsdp, mlp over tensor
+            assert r["wi_shard"] == wi_shards[name], name
+            assert r["total_bytes"] == single_device["total_bytes"]
+        by_name = dict(zip(MESHES_8, results))
+        assert by_name["dp"]["device_bytes"] == single_device["total_bytes"]  # replicated
+        # FSDP over 8 holds an eighth of every parameter and optimizer moment.
+        assert by_name["fsdp"]["device_bytes"] <= single_device["total_bytes"] / 8 * 1.05
     assert single_device["losses"][-1] < single_device["losses"][0]  # the steps did train
 
 
