@@ -46,6 +46,9 @@ def main(argv: list[str]) -> None:
     from lm import distributed
     from lm.train import train  # after parsing: a typo should not wait for jax to import
 
-    distributed.initialize()  # multi-host: from $LM_* / SLURM / TPU pod; else nothing
+    try:
+        distributed.initialize()  # multi-host: from $LM_* / SLURM / TPU pod; else nothing
+    except distributed.SetupError as e:
+        sys.exit(f"error: {e}")
     result = train(config, flags.workdir, quiet=flags.quiet)
     print({k: round(v, 6) for k, v in result.items()})

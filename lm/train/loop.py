@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lm import data, finetune, models
 from lm.data import sources, tokenizers
-from lm.train import checkpoint, mfu, optim, sharding, step, tasks, windows
+from lm.train import checkpoint, mfu, optim, sharding, step, tasks, topology, windows
 from lm.train.metrics import MetricsWriter
 from lm.train.state import TrainState
 
@@ -38,6 +38,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model_cfg = models.ModelConfig(**config.model)
+    mesh, rules = topology.setup(config)  # fails fast on a bad mesh or batch; prints topology
     tokenizer = make_tokenizer(config.data, workdir, model_cfg.vocab_size)
     check_vocab(tokenizer.vocab_size, model_cfg.vocab_size)
     if jax.process_index() == 0:
@@ -46,7 +47,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     model = models.build(model_cfg)
     tx, schedule = optim.make_optimizer(t)
 
-    mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
     shard_index, shard_count = sharding.process_batch_shard(mesh)
     make_iter = functools.partial(
         ITERATORS.get(config.data.objective) or data.make_iterator, config.data, tokenizer,
@@ -211,8 +211,11 @@ def eval_batches(make_iter, split: str, num_steps: int, *, seed: int, batch_size
     whole = num_steps < 0
     iterator = make_iter(split=split, batch_size=batch_size, seed=seed + 1, shuffle=not whole,
                          num_epochs=1 if whole else None)
+    if whole:  # hosts' shares of a split end at different batches
+        yield from sharding.until_every_host_is_done(iterator)
+        return
     for i, batch in enumerate(iterator):
-        if not whole and i >= num_steps:
+        if i >= num_steps:
             return
         yield batch
 

@@ -18,13 +18,13 @@ Typical use (the train loop):
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -235,3 +235,25 @@ def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[st
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return {k: to_global(np.asarray(v)) for k, v in batch.items()}
+
+
+def until_every_host_is_done(batches: Iterable[dict[str, np.ndarray]]
+                             ) -> Iterator[dict[str, np.ndarray]]:
+    """`batches`, then all-zero batches (weight 0) shaped like the last until every process
+    has run out of its own: a pass over a whole split gives hosts different batch counts,
+    and a host that stopped early would leave the others waiting in the next collective.
+    One tiny all-gather per batch decides."""
+    if jax.process_count() == 1:
+        yield from batches
+        return
+    iterator, last = iter(batches), None
+    while True:
+        batch = next(iterator, None)
+        if not multihost_utils.process_allgather(np.int32(batch is not None)).any():
+            return
+        if batch is None:
+            if last is None:
+                raise ValueError("this process's split is empty while others have batches")
+            batch = {k: np.zeros_like(v) for k, v in last.items()}
+        last = batch
+        yield batch
