@@ -161,7 +161,7 @@ def _serve(server: socket.socket, own: dict, deadline: float, address: str,
         try:
             conn, _ = server.accept()
             hello = json.loads(_read_line(conn, min(deadline, time.monotonic() + 10)))
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             if time.monotonic() >= deadline:
                 missing = sorted(set(range(n)) - set(joined))
                 error = (f"processes {missing} of {n} did not reach process 0 at {address} "

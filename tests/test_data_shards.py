@@ -12,9 +12,15 @@ import pytest
 
 from lm.data import make_iterator, make_tokenizer, shards
 from lm.train import checkpoint, windows
-from tests.test_data_pipeline import assert_same, cfg_for, sp_path  # noqa: F401 (fixture)
+from tests.test_data_objectives import small_sentencepiece
+from tests.test_data_pipeline import assert_same, cfg_for
 
 ROWS = 8  # global batch
+
+
+@pytest.fixture(scope="module")
+def sp_path(tmp_path_factory) -> str:
+    return small_sentencepiece(tmp_path_factory)
 
 
 def _global(iterators, n):

@@ -14,8 +14,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from lm.train import train
 from lm.train import config as config_lib
+from lm.train import train
 from tests import multiproc
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -26,7 +26,8 @@ TINY = {
     "model.num_layers": "1", "model.d_model": "32", "model.d_ff": "64", "model.num_heads": "2",
     "data.objective": "causal", "data.chunk_chars": "1000", "data.shards": "2",
     "data.shuffle_buffer": "64", "data.seq_len": "16",
-    "train.batch_size": "4", "train.lr": "1e-2", "train.decay_steps": str(TOTAL), "train.warmup_steps": "2",
+    "train.batch_size": "4", "train.lr": "1e-2", "train.decay_steps": str(TOTAL),
+    "train.warmup_steps": "2",
     "train.log_every": "1", "train.eval_every": "3", "train.eval_steps": "1",
     "train.eval_at_start": "False", "train.checkpoint_every": "100",
 }

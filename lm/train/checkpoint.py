@@ -192,8 +192,9 @@ class Checkpointer:
         `abstract_state` holds arrays or ShapeDtypeStructs whose shardings the restored arrays
         take; None = the saved shapes, replicated (e.g. to read a pretraining run's params).
         `data=False` skips the data-iterator state (None); the state of a run on another
-        number of processes is merged from every process's (`merge_process_states`). `extra` holds the saved `config` and the `step`. A checkpoint
-        of another model shape raises ValueError naming the parameters that differ.
+        number of processes is merged from every process's (`merge_process_states`).
+        `extra` holds the saved `config` and the `step`. A checkpoint of another model shape
+        raises ValueError naming the parameters that differ.
         """
         step = self.latest_step() if step is None else step
         if step is None:

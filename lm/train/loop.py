@@ -23,7 +23,7 @@ from lm import data, finetune, models
 from lm.data import sources, tokenizers
 from lm.train import checkpoint, mfu, optim, sharding, step, tasks, topology, windows
 from lm.train.metrics import MetricsWriter
-from lm.train.state import TrainState
+from lm.train.state import init_state
 
 # Objectives whose batches come from somewhere other than lm.data.make_iterator.
 ITERATORS = {"random_windows": windows.make_iterator}
@@ -55,10 +55,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                            batch_size=local_rows(t.batch_size, shard_count, t.grad_accum_steps))
     example = peek(train_iter)
 
-    def init_fn() -> TrainState:
-        params = tasks.init_params(task, model, jax.random.key(t.seed), example)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
+    init_fn = lambda: init_state(task, model, tx, jax.random.key(t.seed), example)
     state, state_shardings = sharding.init_sharded(init_fn, mesh, rules)
     ckpt = checkpoint.Checkpointer(
         str(workdir), every=t.checkpoint_every, keep=t.keep_checkpoints,
@@ -71,11 +68,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
         state = state.replace(params=jax.device_put(params, state_shardings.params))
 
     batch_sharding = sharding.batch_sharding(mesh)
-    train_step = jax.jit(
-        functools.partial(step.train_step, model=model, task=task, tx=tx, schedule=schedule,
-                          accum_steps=t.grad_accum_steps, dropout_seed=t.seed),
-        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
-        donate_argnums=0)
+    train_step = step.jit_train_step(
+        model=model, task=task, tx=tx, schedule=schedule, accum_steps=t.grad_accum_steps,
+        dropout_seed=t.seed, state_shardings=state_shardings, batch_sharding=batch_sharding)
     # Eval results are replicated: every host can read them (and host metrics need them).
     eval_step = jax.jit(functools.partial(step.eval_step, model=model, task=task),
                         in_shardings=(state_shardings.params, batch_sharding),

@@ -198,10 +198,20 @@ def init_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules: Rules) -> tuple[
     # (before the reshape to D×N×H), so a constraint there would meet the wrong rank. The
     # out_shardings place every output anyway.
     with nn.logical_axis_rules(()):
-        abstract = jax.eval_shape(init_fn)
-        shardings = tree_shardings(abstract, mesh, rules)
+        _, shardings = abstract_sharded(init_fn, mesh, rules)
         state = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
     return state, shardings
+
+
+def abstract_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules: Rules) -> tuple[Any, Any]:
+    """(ShapeDtypeStructs carrying their shardings, the shardings) of what `init_fn` would
+    return, unboxed: the state that `init_sharded` builds, without building it."""
+    with nn.logical_axis_rules(()):
+        boxed = jax.eval_shape(init_fn)
+    shardings = tree_shardings(boxed, mesh, rules)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nn.meta.unbox(boxed), shardings)
+    return abstract, shardings
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -2,8 +2,13 @@
 
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
+import jax.numpy as jnp
+import optax
+
+from lm.train import tasks
 
 
 @flax.struct.dataclass
@@ -17,3 +22,11 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+
+
+def init_state(task: tasks.Task, model: nn.Module, tx: optax.GradientTransformation,
+               rng: jax.Array, batch: tasks.Batch) -> TrainState:
+    """Step 0, fresh params for inputs shaped like `batch` (nn.Partitioned-boxed, so that
+    sharding.init_sharded can place them) and their optimizer state."""
+    params = tasks.init_params(task, model, rng, batch)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))

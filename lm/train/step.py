@@ -6,6 +6,7 @@ gradients equal the gradient of the whole batch's mean loss exactly, however the
 (unpadded) tokens are spread over the micro-batches.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -83,3 +84,15 @@ def eval_step(params: Any, batch: Batch, *, model: nn.Module, task: tasks.Task
     and the outputs the task's host metrics need (None for most tasks)."""
     outputs = tasks.forward(task, model, params, batch, deterministic=True)
     return tasks.metric_sums(task, outputs, batch), tasks.host_outputs(task, outputs, batch)
+
+
+def jit_train_step(*, model: nn.Module, task: tasks.Task, tx: optax.GradientTransformation,
+                   schedule: optax.Schedule, accum_steps: int, dropout_seed: int,
+                   state_shardings: Any, batch_sharding: Any):
+    """`train_step` jitted with the state's shardings, the state donated (the loop's, and what
+    `lm plan` compiles ahead of time)."""
+    return jax.jit(
+        functools.partial(train_step, model=model, task=task, tx=tx, schedule=schedule,
+                          accum_steps=accum_steps, dropout_seed=dropout_seed),
+        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+        donate_argnums=0)

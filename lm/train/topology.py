@@ -9,6 +9,7 @@ that never answers) are lm.distributed's.
 """
 
 import math
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -47,9 +48,11 @@ def check(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
                              "slices: use a multiple of it, or another data.shards")
 
 
-def axes_across_hosts(mesh: Mesh) -> list[str]:
-    """The mesh axes along which devices belong to different processes."""
-    procs = np.vectorize(lambda d: d.process_index)(mesh.devices)
+def axes_across_hosts(mesh: Mesh, host_of: Callable[[jax.Device], int] | None = None
+                      ) -> list[str]:
+    """The mesh axes along which devices belong to different hosts (`host_of(device)`,
+    default: its process)."""
+    procs = np.vectorize(host_of or (lambda d: d.process_index))(mesh.devices)
     return [name for i, name in enumerate(mesh.axis_names)
             if (np.moveaxis(procs, i, 0) != np.moveaxis(procs, i, 0)[:1]).any()]
 
