@@ -69,7 +69,8 @@ def uneven_eval(lengths: list[int]) -> dict:
     mine = lengths[jax.process_index()]
     batches = [{"weights": np.full((2, 3), i + 1.0, np.float32)} for i in range(mine)]
     seen = [float(b["weights"].sum()) for b in sharding.until_every_host_is_done(batches)]
-    return dict(describe=topology.describe(mesh, batch_size=8, grad_accum_steps=2), seen=seen)
+    return dict(describe=topology.describe(mesh, batch_size=8, grad_accum_steps=2, preset="dp"),
+                seen=seen)
 
 
 def test_topology_lines_and_hosts_in_step_over_a_whole_split():
@@ -79,5 +80,6 @@ def test_topology_lines_and_hosts_in_step_over_a_whole_split():
     assert second["seen"] == [6.0, 0.0, 0.0]  # zero batches after its own ran out
     text = first["describe"]
     assert "topology: 2 processes × 1 local devices = 2 devices (cpu" in text
-    assert "mesh: data=2 × fsdp=1 × tensor=1; across hosts: data; within a host: none" in text
+    assert ("mesh: data=2 × fsdp=1 × tensor=1 (preset dp); across hosts: data; "
+            "within a host: none") in text
     assert "batch: 8 rows per step = 2 host slices × 4 rows, in 2 micro-batches" in text

@@ -67,7 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
         # Logical shards of every global batch (lm/data/shards.py): the data order depends
         # on this, not on the process count, so a run resumes exactly on another number of
         # hosts. 0 = the process count of the run that started. More processes than shards
-        # repeat the data work; fewer run several shards each.
+        # repeat the data work; fewer run several shards each. (random_windows and
+        # length-bucketed batches are global already and ignore it.)
         shards=0,
         shuffle_buffer=1024,  # window shuffle of packed rows / instances when shuffling
         num_threads=4,  # threads that read + tokenize documents

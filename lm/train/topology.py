@@ -26,7 +26,8 @@ def setup(config: ml_collections.ConfigDict, *, echo: bool = True
     check(config, mesh)
     if echo and jax.process_index() == 0:
         print(describe(mesh, batch_size=config.train.batch_size,
-                       grad_accum_steps=config.train.grad_accum_steps), flush=True)
+                       grad_accum_steps=config.train.grad_accum_steps,
+                       preset=config.mesh.get("preset", "")), flush=True)
     return mesh, rules
 
 
@@ -57,7 +58,7 @@ def axes_across_hosts(mesh: Mesh, host_of: Callable[[jax.Device], int] | None = 
             if (np.moveaxis(procs, i, 0) != np.moveaxis(procs, i, 0)[:1]).any()]
 
 
-def describe(mesh: Mesh, *, batch_size: int, grad_accum_steps: int = 1) -> str:
+def describe(mesh: Mesh, *, batch_size: int, grad_accum_steps: int = 1, preset: str = "") -> str:
     """A few lines: processes and devices, the mesh and its axes across hosts, batch rows."""
     device = jax.devices()[0]
     across = axes_across_hosts(mesh)
@@ -69,6 +70,7 @@ def describe(mesh: Mesh, *, batch_size: int, grad_accum_steps: int = 1) -> str:
         f"topology: {jax.process_count()} processes × {jax.local_device_count()} local "
         f"devices = {jax.device_count()} devices ({device.platform}, {device.device_kind})",
         "mesh: " + " × ".join(f"{a}={n}" for a, n in mesh.shape.items())
+        + (f" (preset {preset})" if preset else "")
         + f"; across hosts: {', '.join(across) or 'none'}"
         + f"; within a host: {', '.join(within) or 'none'}",
         f"batch: {batch_size} rows per step = {count} host slices × {rows} rows"
