@@ -40,13 +40,20 @@ def run(workdir: str, steps: int) -> dict:
     return train(config, workdir, quiet=True)
 
 
+def runs(plan: list[tuple[str, int]]) -> None:
+    """Worker: `run` each (workdir, steps) in turn (processes start slowly: one start)."""
+    for workdir, steps in plan:
+        run(workdir, steps)
+
+
 def _losses(workdir: pathlib.Path) -> dict[str, dict[int, float]]:
-    """{metric: {step: value}} of train/loss and eval/loss (a resumed step logs once)."""
+    """{metric: {step: value}} of train/loss and eval/loss; each step is logged once."""
     out: dict[str, dict[int, float]] = {"train/loss": {}, "eval/loss": {}}
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         for key, values in out.items():
             if key in record:
+                assert record["step"] not in values, f"step {record['step']} logged twice"
                 values[record["step"]] = record[key]
     return out
 
@@ -67,19 +74,15 @@ def _assert_same_losses(got: dict, expected: dict) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_then_one(uninterrupted, tmp_path):
-    multiproc.run("tests.test_resume_hosts:run", 2,
-                  kwargs={"workdir": str(tmp_path), "steps": 3})
-    data_files = {p.name for p in (tmp_path / "checkpoints" / "3" / "data").iterdir()}
+def test_two_processes_then_one_and_one_then_two_then_one(uninterrupted, tmp_path):
+    two_one, one_two_one = tmp_path / "2-1", tmp_path / "1-2-1"
+    run(str(one_two_one), 2)
+    # One start of 2 processes for both: a fresh run to step 3, and a resume of the
+    # 1-process run from step 2 to 4.
+    multiproc.run("tests.test_resume_hosts:runs", 2,
+                  kwargs={"plan": [(str(two_one), 3), (str(one_two_one), 4)]})
+    data_files = {p.name for p in (two_one / "checkpoints" / "3" / "data").iterdir()}
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= data_files
-    run(str(tmp_path), TOTAL)
-    _assert_same_losses(_losses(tmp_path), uninterrupted)
-
-
-@pytest.mark.slow
-def test_one_process_then_two_then_one(uninterrupted, tmp_path):
-    run(str(tmp_path), 2)
-    multiproc.run("tests.test_resume_hosts:run", 2,
-                  kwargs={"workdir": str(tmp_path), "steps": 4})
-    run(str(tmp_path), TOTAL)
-    _assert_same_losses(_losses(tmp_path), uninterrupted)
+    for workdir in (two_one, one_two_one):
+        run(str(workdir), TOTAL)
+        _assert_same_losses(_losses(workdir), uninterrupted)
