@@ -14,9 +14,9 @@ unrolled: a scanned loop body counts once). With --device_memory, a peak that do
 brings a search for the first remat policy, then micro-batching (train.grad_accum_steps),
 that does.
 
-The numbers are XLA's CPU compiler's: a GPU or TPU compiler fuses, lays out and keeps bf16
-differently, so read them as estimates (the CPU one tends to keep more and wider
-temporaries, i.e. to err high), and leave headroom (JAX takes 75% of a GPU by default).
+The numbers are XLA's CPU compiler's: a GPU or TPU compiler fuses, schedules, lays out and
+keeps bf16 differently, so read temporaries and peak as estimates (not yet compared with an
+accelerator's real peak), and leave headroom (JAX takes 75% of a GPU by default).
 """
 
 from __future__ import annotations
