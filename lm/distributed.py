@@ -16,6 +16,7 @@ Call `initialize()` once, before anything touches a JAX device. Three cases:
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Mapping
 
@@ -103,8 +104,13 @@ def initialize(
         rendezvous(coordinator_address, num_processes, process_id, timeout=timeout)
         jax.distributed.initialize(**explicit, initialization_timeout=timeout)
         return True
-    if cluster_detected():
-        # JAX reads the TPU / SLURM topology itself (and its launcher assigns the ids).
+    cluster = cluster_detected()
+    if cluster:
+        # JAX reads the TPU / SLURM topology itself (and its launcher assigns the ids); if
+        # it gives up, it aborts in C++, so say first what it is waiting for.
+        print(f"lm.distributed: joining the {cluster} cluster's processes (JAX detects them;"
+              f" {ENV_TIMEOUT}={timeout} s, {ENV_MODE}=off for one process)", file=sys.stderr,
+              flush=True)
         jax.distributed.initialize(initialization_timeout=timeout)
         return True
     return False
