@@ -188,8 +188,10 @@ class Planner:
         """(remat, micro-batches) to try: cheaper recomputation first, then more micro-
         batches while each still gives every device a row."""
         t, own = self.config.train, self.model_cfg.remat_policy
-        remats = [own] + [r for r in REMAT_ORDER[REMAT_ORDER.index(own) + 1:]] \
-            if own in REMAT_ORDER else [own, "full"]
+        if own in REMAT_ORDER:
+            remats = list(REMAT_ORDER[REMAT_ORDER.index(own):])
+        else:  # a policy outside the ladder: it, then recompute everything
+            remats = [own, "full"]
         out, accum = [], t.grad_accum_steps
         while t.batch_size % (accum * self.batch_splits) == 0:
             out += [(r, accum) for r in remats]
@@ -201,6 +203,8 @@ def plan(config, devices: list, *, devices_per_host: int, device_memory: int | N
          log=lambda line: None) -> dict[str, Any]:
     """The experiment's own estimate, and with `device_memory` the first candidate that fits
     (if its own does not); a JSON-able dict (see `report`)."""
+    import jax
+
     from lm.train import mfu, topology
 
     planner = Planner(config, devices, devices_per_host)
@@ -213,12 +217,11 @@ def plan(config, devices: list, *, devices_per_host: int, device_memory: int | N
             f"({est.compile_s:.0f} s)")
         if device_memory is None or est.fits:
             break
-    fit = next((e for e in tried if e.fits), None)
-    for est in {id(e): e for e in (tried[0], fit) if e}.values():
-        est.flops = planner.flops(est.remat)
+    own, fit = tried[0], next((e for e in tried if e.fits), None)
+    own.flops = planner.flops(own.remat)
+    if fit:
+        fit.flops = own.flops if fit.remat == own.remat else planner.flops(fit.remat)
     shapes = planner.state.params
-    import jax
-
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
     t = config.train
     return dict(
@@ -232,7 +235,7 @@ def plan(config, devices: list, *, devices_per_host: int, device_memory: int | N
                    rows_per_device=t.batch_size // planner.batch_splits),
         model_flops=mfu.model_flops_per_token(planner.model_cfg, shapes, config.data.seq_len)
         * t.batch_size * config.data.seq_len,
-        own=dataclasses.asdict(tried[0]), tried=[dataclasses.asdict(e) for e in tried],
+        own=dataclasses.asdict(own), tried=[dataclasses.asdict(e) for e in tried],
         fit=dataclasses.asdict(fit) if fit else None,
         total_state_bytes=sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
             (planner.state.params, planner.state.opt_state))),
