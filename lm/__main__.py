@@ -23,6 +23,7 @@ COMMANDS = {
     "data": "lm.data.cli",
     "convert": "lm.convert.cli",
     "bench": "lm.bench",
+    "plan": "lm.plan",
 }
 
 

@@ -79,8 +79,9 @@ def default_train_config() -> ConfigDict:
 
 
 def default_mesh_config() -> ConfigDict:
-    """Device mesh shape (-1 = all remaining devices)."""
-    return ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    """Device mesh shape (-1 = all remaining devices), or a named layout (lm/train/sharding.py
+    PRESETS: 'dp', 'fsdp', 'tp', 'fsdp_tp') that sets data and fsdp, and tensor when it is 1."""
+    return ConfigDict(dict(preset="", data=-1, fsdp=1, tensor=1))
 
 
 def default_init_config() -> ConfigDict:

@@ -65,6 +65,31 @@ def _kill_all(procs: list[subprocess.Popen]) -> None:
         proc.wait()
 
 
+def _spawn(target: str, envs: list[dict[str, str]], kwargs: dict | None, out: pathlib.Path
+           ) -> list[subprocess.Popen]:
+    procs = []
+    for pid, env in enumerate(envs):
+        cmd = [sys.executable, "-m", "tests.multiproc", target, json.dumps(kwargs or {}),
+               str(out / f"result_{pid}.json")]
+        with open(out / f"log_{pid}.txt", "w") as log:
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float) -> bool:
+    """Waits for every process; False (all SIGKILLed) if the run outlives `timeout`."""
+    deadline = time.monotonic() + timeout
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+    finally:
+        _kill_all(procs)
+
+
 def run(
     target: str, num_processes: int, *, kwargs: dict | None = None, timeout: float = 180.0
 ) -> list[Any]:
@@ -72,32 +97,34 @@ def run(
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="multiproc_") as tmp:
         out = pathlib.Path(tmp)
-        procs = []
-        for pid in range(num_processes):
-            cmd = [sys.executable, "-m", "tests.multiproc", target, json.dumps(kwargs or {}),
-                   str(out / f"result_{pid}.json")]
-            with open(out / f"log_{pid}.txt", "w") as log:
-                procs.append(subprocess.Popen(
-                    cmd, cwd=REPO, env=_worker_env(port, num_processes, pid),
-                    stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + timeout
-        try:
-            for proc in procs:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            _kill_all(procs)
+        envs = [_worker_env(port, num_processes, pid) for pid in range(num_processes)]
+        procs = _spawn(target, envs, kwargs, out)
+        if not _wait(procs, timeout):
             logs = "\n".join(f"--- process {i} ---\n{_tail(out / f'log_{i}.txt')}"
                              for i in range(num_processes))
-            raise TimeoutError(
-                f"{target} on {num_processes} processes ran past {timeout}s\n{logs}") from None
-        finally:
-            _kill_all(procs)
+            raise TimeoutError(f"{target} on {num_processes} processes ran past {timeout}s\n{logs}")
         failed = [i for i, p in enumerate(procs) if p.returncode != 0]
         if failed:
             logs = "\n".join(f"--- process {i} (exit {procs[i].returncode}) ---\n"
                              f"{_tail(out / f'log_{i}.txt')}" for i in failed)
             raise RuntimeError(f"{target}: processes {failed} failed\n{logs}")
         return [json.loads((out / f"result_{i}.json").read_text()) for i in range(num_processes)]
+
+
+def run_logs(target: str, env_overrides: list[dict[str, str]], *, num_processes: int,
+             kwargs: dict | None = None, timeout: float = 60.0) -> list[tuple[int | None, str]]:
+    """(exit code or None if killed at `timeout`, output) of each process, whatever happens:
+    for starts that must fail. Process i runs with `env_overrides[i]` over its usual
+    environment for a job of `num_processes` (e.g. a duplicate LM_PROCESS_ID)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="multiproc_") as tmp:
+        out = pathlib.Path(tmp)
+        envs = [{**_worker_env(port, num_processes, pid), **extra}
+                for pid, extra in enumerate(env_overrides)]
+        procs = _spawn(target, envs, kwargs, out)
+        finished = _wait(procs, timeout)
+        return [(p.returncode if finished else None, _tail(out / f"log_{i}.txt"))
+                for i, p in enumerate(procs)]
 
 
 def _worker_main(target: str, kwargs_json: str, result_path: str) -> None:

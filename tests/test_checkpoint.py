@@ -202,22 +202,6 @@ def test_checkpoint_of_another_model_shape_in_the_workdir_is_a_clear_error(unint
     assert "mlp.wi.kernel: checkpoint (1, 32, 64) vs model (1, 32, 96)" in str(err.value)
 
 
-def train_two_hosts(workdir: str) -> dict:
-    """Worker: 3 steps of the tiny run, data parallel over 2 processes."""
-    result = train(_config(**{"mesh.data": "2", "train.steps": "3"}), workdir, quiet=True)
-    return {k: v for k, v in result.items() if k not in TIMING_KEYS}
-
-
-@pytest.mark.slow
-def test_two_host_run_checkpoints_each_hosts_data_position(tmp_path):
-    results = multiproc.run("tests.test_checkpoint:train_two_hosts", 2,
-                            kwargs={"workdir": str(tmp_path)})
-    assert results[0] == results[1] and results[0]["step"] == 3
-    assert [r["step"] for r in _metrics(tmp_path)] == [1, 2, 3, 3]  # host 0 logs, once
-    data_dir = tmp_path / "checkpoints" / "3" / "data"
-    assert {"process_0-of-2.json", "process_1-of-2.json"} <= {p.name for p in data_dir.iterdir()}
-
-
 def _wait_for_steps(workdir: pathlib.Path, proc: subprocess.Popen, count: int) -> None:
     deadline = time.monotonic() + 180
     metrics = workdir / "metrics.jsonl"

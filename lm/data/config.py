@@ -73,6 +73,12 @@ def default_config() -> ml_collections.ConfigDict:
         target_len=32,  # seq2seq: decoder length (targets + <eos>; longer ones are cut)
         pairs=dict(source_key="source", target_key="target"),  # seq2seq 'pairs' files
         # --- pipeline
+        # Logical shards of every global batch (lm/data/shards.py): the data order depends
+        # on this, not on the process count, so a run resumes exactly on another number of
+        # hosts. 0 = the process count of the run that started. More processes than shards
+        # repeat the data work; fewer run several shards each. (random_windows and
+        # length-bucketed batches are global already and ignore it.)
+        shards=0,
         shuffle_buffer=1024,  # window shuffle of packed rows / instances when shuffling
         num_threads=4,  # threads that read + tokenize documents
         prefetch=4,  # batches prepared ahead (a background thread)

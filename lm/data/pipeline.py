@@ -1,7 +1,8 @@
 """The per-process input pipeline: source -> tokenize -> objective -> batch (grain).
 
 Random access all the way down: a grain MapDataset over document (or record) indices is
-sharded by process, shuffled and repeated; each index is read, tokenized and turned into
+cut into logical shards (lm/data/shards.py: the global batch does not depend on the number
+of processes), shuffled and repeated; each index is read, tokenized and turned into
 examples on the fly by a pure function of (document, seed), so memory does not grow with
 the corpus. Packing and flattening keep small replayable checkpoints, so
 `get_state()`/`set_state()` restore exactly the batches an uninterrupted run would see.
@@ -16,7 +17,8 @@ from collections.abc import Callable, Sequence
 import grain
 import numpy as np
 
-from lm.data import bert, bucketing, classification, glue, packing, seq2seq, sources, span
+from lm.data import bert, bucketing, classification, glue, packing, seq2seq, shards, sources, span
+from lm.data.shards import shard_seed
 from lm.data.tokenizers import Tokenizer
 from lm.errors import UserError
 
@@ -180,29 +182,49 @@ class _Texts(Sequence):
 
 def make_iterator(cfg, tokenizer: Tokenizer, *, split: str, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, shuffle: bool = True,
-                  num_epochs: int | None = None) -> grain.DatasetIterator:
-    """Batches (dicts of numpy arrays, `batch_size` rows) of this process's shard of `split`.
+                  num_epochs: int | None = None) -> grain.DatasetIterator | shards.GlobalBatches:
+    """Batches (dicts of numpy arrays) of `batch_size` rows: slice `process_index` of
+    `process_count` equal slices of each global batch.
 
-    Processes read disjoint document shards. With num_epochs set the last batch is padded
-    with all-zero rows (weights 0). The iterator's get_state()/set_state() are JSON-able.
+    The global batch is read from `cfg.shards` logical shards (lm/data/shards.py), so it does
+    not depend on `process_count`. With num_epochs set the last batch is padded with all-zero
+    rows (weights 0). The iterator's get_state()/set_state() are JSON-able.
     """
     if cfg.objective not in OBJECTIVES:
         raise UserError(f"unknown objective {cfg.objective!r}: one of {sorted(OBJECTIVES)}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-    if cfg.objective == "classification" and cfg.length_buckets:
+    if cfg.objective == "classification" and cfg.length_buckets:  # a global plan already
         return bucketing.make_iterator(
             cfg, tokenizer, split=split, batch_size=batch_size, seed=seed,
             process_index=process_index, process_count=process_count, shuffle=shuffle,
             num_epochs=num_epochs)
-    read_items, build, many_rows = OBJECTIVES[cfg.objective]
-    items = read_items(cfg, split)
-    ids = grain.MapDataset.range(len(items))[process_index::process_count]
-    if len(ids) == 0:
+    items = OBJECTIVES[cfg.objective][0](cfg, split)
+    num_shards = cfg.get("shards", 0)
+    if len(items) < (num_shards or process_count):
         where = cfg.name or dict(cfg.files)
         raise UserError(f"split {split!r} of data source {cfg.source!r} ({where}) has"
-                         f" {len(items)} documents: nothing for process {process_index} of "
-                         f"{process_count}")
+                         f" {len(items)} documents: too few for {num_shards or process_count} "
+                         "data shards (data.shards, 0 = one per process)")
+    global_rows = batch_size * process_count
+
+    def make_shard(shard: int, num_shards: int) -> grain.DatasetIterator:
+        return _shard_iterator(cfg, tokenizer, items, shard=shard,
+                               num_shards=num_shards, batch_size=global_rows // num_shards,
+                               seed=shard_seed(seed, shard), shuffle=shuffle,
+                               num_epochs=num_epochs)
+
+    return shards.GlobalBatches(make_shard, global_rows=global_rows,
+                                row_start=process_index * batch_size, rows=batch_size,
+                                num_shards=num_shards, default_shards=process_count)
+
+
+def _shard_iterator(cfg, tokenizer: Tokenizer, items: Sequence, *, shard: int,
+                    num_shards: int, batch_size: int, seed: int, shuffle: bool,
+                    num_epochs: int | None) -> grain.DatasetIterator:
+    """Batches of one logical shard: documents shard, shard + num_shards, ..."""
+    _, build, many_rows = OBJECTIVES[cfg.objective]
+    ids = grain.MapDataset.range(len(items))[shard::num_shards]
     if shuffle:
         ids = ids.shuffle(seed)
     ids = ids.repeat(num_epochs)

@@ -16,6 +16,7 @@ SIZES: dict[str, dict[str, int]] = {
     "small": dict(num_layers=6, d_model=512, num_heads=8, d_ff=2048),
     "base": dict(num_layers=12, d_model=768, num_heads=12, d_ff=3072),
     "large": dict(num_layers=24, d_model=1024, num_heads=16, d_ff=4096),
+    "xl": dict(num_layers=48, d_model=1600, num_heads=25, d_ff=6400),  # GPT-2 1.5B
 }
 
 # The published architecture of each family (what importing its HF checkpoint needs).

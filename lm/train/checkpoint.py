@@ -36,7 +36,9 @@ from lm.errors import MissingFileError, UserError
 
 
 class ProcessJsonHandler(ocp.CheckpointHandler):
-    """Each process saves its own JSON (its data-iterator position: hosts read different rows)."""
+    """Each process saves its own JSON (its data-iterator position: hosts read different rows);
+    a restore reads every process's file and merges them (`merge_process_states`), so a
+    checkpoint resumes on another number of processes."""
 
     @staticmethod
     def _path(directory: epath.Path) -> epath.Path:
@@ -46,17 +48,46 @@ class ProcessJsonHandler(ocp.CheckpointHandler):
         self._path(directory).write_text(json.dumps(args.item))
 
     def restore(self, directory: epath.Path, args: "ProcessJsonRestore | None" = None) -> Any:
-        path = self._path(directory)
-        if not path.exists():
-            found = sorted(p.name for p in directory.iterdir())
-            raise UserError(
-                f"{path} is missing: the checkpoint was written by another number of processes "
-                f"(found {found}); resume with the process count it was saved with"
-            )
+        files = sorted(directory.glob("process_*-of-*.json"))
+        states = {p.name: _read_json(p) for p in files}
+        own = self._path(directory).name
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
+            return merge_process_states(list(states.values()))
+        except ValueError as e:
+            if own in states:  # per-process states of a run with this process count
+                return states[own]
+            raise UserError(
+                f"{directory} holds data states of another number of processes "
+                f"({sorted(states)}) that cannot be merged ({e}); resume with the process "
+                "count it was saved with") from None
+
+
+def merge_process_states(states: list[Any]) -> Any:
+    """One data-iterator state from every process's: the same state on every process (a
+    global position), or sharded states `{"num_shards": S, "shards": {id: state}}` of which
+    each process holds some (lm/data/shards.py), merged into one with every shard's.
+    ValueError if they are neither (positions that only make sense on their own process)."""
+    if not states:
+        raise ValueError("no process saved a data state")
+    if all(s == states[0] for s in states):
+        return states[0]
+    sharded = all(isinstance(s, dict) and set(s) == {"num_shards", "shards"} for s in states)
+    if not sharded or len({s["num_shards"] for s in states}) > 1:
+        raise ValueError("the processes' data states differ and are not shards of one state")
+    merged: dict[str, Any] = {}
+    for state in states:
+        for shard, shard_state in state["shards"].items():
+            # Processes that share a shard read it in lockstep: their states agree.
+            if merged.setdefault(shard, shard_state) != shard_state:
+                raise ValueError(f"two processes saved different states of data shard {shard}")
+    return {"num_shards": states[0]["num_shards"], "shards": merged}
+
+
+def _read_json(path: epath.Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 @ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
@@ -216,9 +247,10 @@ class Checkpointer:
 
         `abstract_state` holds arrays or ShapeDtypeStructs whose shardings the restored arrays
         take; None = the saved shapes, replicated (e.g. to read a pretraining run's params).
-        `data=False` skips the data-iterator state (None), which only a run with the same
-        process count can use. `extra` holds the saved `config` and the `step`. A checkpoint
-        of another model shape raises UserError naming the parameters that differ.
+        `data=False` skips the data-iterator state (None); the state of a run on another
+        number of processes is merged from every process's (`merge_process_states`).
+        `extra` holds the saved `config` and the `step`. A checkpoint of another model shape
+        raises UserError naming the parameters that differ.
         """
         step = self.latest_step() if step is None else step
         if step is None:

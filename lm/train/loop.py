@@ -39,9 +39,10 @@ from lm.train import (
     pretrained,
     sharding,
     step,
+    topology,
     windows,
 )
-from lm.train.state import TrainState
+from lm.train.state import TrainState, init_state
 from lm.train.writer import MetricsWriter
 
 # Objectives whose batches come from somewhere other than lm.data.make_iterator.
@@ -98,8 +99,7 @@ def _start(config, workdir: pathlib.Path, allow_config_change: bool) -> Run:
     t = config.train
     model_cfg = model_config(config.model)
     check_lengths(config.data, model_cfg)
-    mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
-    check_batch(t, mesh)
+    mesh, rules = topology.setup(config)  # fails fast on a bad mesh or batch; prints topology
     shard_index, shard_count = sharding.process_batch_shard(mesh)
     tokenizer = make_tokenizer(config.data, workdir, model_cfg.vocab_size)
     check_vocab(tokenizer.vocab_size, model_cfg.vocab_size)
@@ -114,10 +114,7 @@ def _start(config, workdir: pathlib.Path, allow_config_change: bool) -> Run:
                            batch_size=t.batch_size // shard_count)
     example = peek(train_iter)
 
-    def init_fn() -> TrainState:
-        params = objectives.init_params(objective, model, jax.random.key(t.seed), example)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
+    init_fn = lambda: init_state(objective, model, tx, jax.random.key(t.seed), example)
     state, state_shardings = sharding.init_sharded(init_fn, mesh, rules)
     checkpointer = functools.partial(
         checkpoint.Checkpointer, str(workdir), every=t.checkpoint_every,
@@ -144,12 +141,10 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
     config, t, state, ckpt = run.config, run.config.train, run.state, run.ckpt
     tx, schedule = optim.make_optimizer(t)
     batch_sharding = sharding.batch_sharding(run.mesh)
-    train_step = jax.jit(
-        functools.partial(step.train_step, model=run.model, objective=run.objective, tx=tx,
-                          schedule=schedule, accum_steps=t.grad_accum_steps,
-                          dropout_seed=t.seed),
-        in_shardings=(run.state_shardings, batch_sharding),
-        out_shardings=(run.state_shardings, None), donate_argnums=0)
+    train_step = step.jit_train_step(
+        model=run.model, objective=run.objective, tx=tx, schedule=schedule,
+        accum_steps=t.grad_accum_steps, dropout_seed=t.seed,
+        state_shardings=run.state_shardings, batch_sharding=batch_sharding)
     # Eval results are replicated: every host can read them (and host metrics need them).
     eval_step = jax.jit(
         functools.partial(step.eval_step, model=run.model, objective=run.objective),
@@ -288,22 +283,6 @@ def check_lengths(data_cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -
             f"model.max_len={model_cfg.max_len}: lower data.seq_len or raise model.max_len")
 
 
-def check_batch(train_cfg: ml_collections.ConfigDict, mesh) -> None:
-    """Every micro-batch (and eval batch) splits evenly over the devices that hold the batch."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    accum = train_cfg.grad_accum_steps
-    if accum < 1 or train_cfg.batch_size % accum:
-        raise UserError(f"train.batch_size={train_cfg.batch_size} must be a multiple of "
-                        f"train.grad_accum_steps={accum}")
-    for key, rows in (("train.batch_size / train.grad_accum_steps", train_cfg.batch_size // accum),
-                      ("train.eval_batch_size", train_cfg.eval_batch_size or train_cfg.batch_size)):
-        if rows % shards:
-            raise UserError(
-                f"{key} = {rows} rows do not split over the {shards} devices that hold the "
-                f"batch (mesh data={mesh.shape['data']} × fsdp={mesh.shape['fsdp']}): use a "
-                f"multiple of {shards}")
-
-
 def make_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: pathlib.Path, vocab_size: int
                    ) -> "data.Tokenizer":
     """The data config's tokenizer. A sentencepiece one without a path is trained on the train
@@ -385,8 +364,11 @@ def eval_batches(make_iter, split: str, num_steps: int, *, seed: int, batch_size
     whole = num_steps < 0
     iterator = make_iter(split=split, batch_size=batch_size, seed=seed + 1, shuffle=not whole,
                          num_epochs=1 if whole else None)
+    if whole:  # hosts' shares of a split end at different batches
+        yield from sharding.until_every_host_is_done(iterator)
+        return
     for i, batch in enumerate(iterator):
-        if not whole and i >= num_steps:
+        if i >= num_steps:
             return
         yield batch
 

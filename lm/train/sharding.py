@@ -18,13 +18,13 @@ Typical use (the train loop):
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lm.errors import UserError
@@ -37,15 +37,23 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 # Priority-ordered (flax picks the first rule whose mesh axes are still free in an array):
 # so a parameter's `embed` dim goes to fsdp, while an activation whose `batch` already took
 # fsdp falls through to the second `embed` rule and stays replicated.
+#
+# The `(tensor, fsdp)` and `head_dim → fsdp` rows split the parameters that have no `embed`
+# dim (biases of the MLP and attention, BERT's mlm_bias) over fsdp as well: a weight that
+# has `embed` took fsdp for it already, and an activation's `batch` took it, so those rows
+# only ever apply to such parameters. FSDP then holds 1/N of every parameter.
 DEFAULT_RULES: Rules = (
     ("batch", BATCH_AXES),
     ("embed", "fsdp"),
     ("embed", None),
+    ("mlp", ("tensor", "fsdp")),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
+    ("vocab", ("tensor", "fsdp")),
     ("vocab", "tensor"),
     ("length", None),
+    ("head_dim", "fsdp"),
     ("head_dim", None),
     ("layers", None),
     ("position", None),
@@ -55,34 +63,75 @@ DEFAULT_RULES: Rules = (
 )
 
 
-def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
-    """Resolves (data, fsdp, tensor) sizes; one of them may be -1 = the remaining devices."""
-    unknown = set(mesh_cfg) - set(MESH_AXES) - {"rules"}
+# Pure data parallel replicates every parameter: only the batch is split.
+DP_RULES: Rules = (("batch", BATCH_AXES),)
+
+# `mesh.preset`: the mesh (data, fsdp, tensor) and rules of a named layout, for N devices in
+# hosts of H devices each. Tensor parallelism talks at every layer, so it stays within a
+# host (the fastest links) unless `mesh.tensor` > 1 sets its width.
+#   dp       (N, 1, 1)      params replicated, batch split: plain data parallel
+#   fsdp     (1, N, 1)      params, grads and optimizer state split N ways (ZeRO-3)
+#   tp       (N/T, 1, T)    Megatron tensor parallel within a host, data parallel across
+#   fsdp_tp  (1, N/T, T)    tensor parallel within a host, FSDP across hosts
+PRESETS = ("dp", "fsdp", "tp", "fsdp_tp")
+
+
+def preset_axes(mesh_cfg: Mapping[str, Any], devices_per_host: int) -> dict[str, int]:
+    """The (data, fsdp, tensor) sizes of `mesh_cfg.preset` (-1 = the remaining devices)."""
+    preset = mesh_cfg.get("preset")
+    if preset not in PRESETS:
+        raise ValueError(f"mesh.preset={preset!r}: choose one of {PRESETS} (or '' and set "
+                         "mesh.data, mesh.fsdp, mesh.tensor yourself)")
+    width = int(mesh_cfg.get("tensor", 1))
+    tensor = (width if width > 1 else devices_per_host) if preset.endswith("tp") else 1
+    if preset in ("dp", "tp"):
+        return {"data": -1, "fsdp": 1, "tensor": tensor}
+    return {"data": 1, "fsdp": -1, "tensor": tensor}
+
+
+def mesh_shape(mesh_cfg: Mapping[str, Any], num_devices: int, devices_per_host: int = 1
+               ) -> tuple[int, ...]:
+    """Resolves (data, fsdp, tensor) sizes; one of them may be -1 = the remaining devices.
+
+    With `mesh_cfg.preset` set, the preset decides them (`mesh.tensor` > 1 is then the
+    tensor width of tp and fsdp_tp).
+    """
+    unknown = set(mesh_cfg) - set(MESH_AXES) - {"rules", "preset"}
     if unknown:
         raise UserError(f"mesh config has unknown axes {sorted(unknown)}; axes are {MESH_AXES}")
+    if mesh_cfg.get("preset"):
+        mesh_cfg = preset_axes(mesh_cfg, devices_per_host)
     sizes = [int(mesh_cfg.get(axis, 1)) for axis in MESH_AXES]
     named = dict(zip(MESH_AXES, sizes, strict=True))
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise UserError(f"mesh {named}: sizes must be positive, with at most one -1 (the rest)")
     known = math.prod(s for s in sizes if s != -1)
+    setting = " ".join(f"mesh.{a}={s}" for a, s in named.items())
+    if mesh_cfg.get("preset"):
+        setting = f"mesh.preset={mesh_cfg['preset']} ({setting})"
     if num_devices % known:
         raise UserError(
-            f"mesh {named} needs a multiple of {known} devices, but there are {num_devices}: "
+            f"{setting} needs a multiple of {known} devices, but there are {num_devices}: "
             f"choose sizes whose product divides {num_devices}"
         )
     sizes = [num_devices // known if s == -1 else s for s in sizes]
     if math.prod(sizes) != num_devices:
         raise UserError(
-            f"mesh {named} uses {math.prod(sizes)} of the {num_devices} devices: make the "
+            f"{setting} uses {math.prod(sizes)} of the {num_devices} devices: make the "
             f"product of data×fsdp×tensor equal {num_devices}, or set one axis to -1"
         )
     return tuple(sizes)
 
 
-def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all devices (or `devices`), -1 = the rest."""
+def make_mesh(mesh_cfg: Mapping[str, Any], devices: Sequence[jax.Device] | None = None,
+              devices_per_host: int | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices (or `devices`), -1 = the rest.
+
+    `devices_per_host` (for presets; default: this process's devices) matters when planning
+    for hosts other than this one.
+    """
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(mesh_cfg, len(devices))
+    shape = mesh_shape(mesh_cfg, len(devices), devices_per_host or jax.local_device_count())
     # create_device_mesh orders devices so that the inner axes (tensor, fsdp) sit on the
     # fastest interconnect (within a host / a TPU torus row).
     device_grid = mesh_utils.create_device_mesh(shape, devices)
@@ -93,7 +142,7 @@ def logical_rules(mesh_cfg: Mapping[str, Any] | None = None) -> Rules:
     """Logical axis name → mesh axes; `mesh_cfg.rules` (list of pairs) replaces the default."""
     custom = (mesh_cfg or {}).get("rules")
     if not custom:
-        return DEFAULT_RULES
+        return DP_RULES if (mesh_cfg or {}).get("preset") == "dp" else DEFAULT_RULES
     rules = tuple((str(name), tuple(axes) if isinstance(axes, list) else axes)
                   for name, axes in custom)
     for name, axes in rules:
@@ -151,10 +200,20 @@ def init_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules: Rules) -> tuple[
     # (before the reshape to D×N×H), so a constraint there would meet the wrong rank. The
     # out_shardings place every output anyway.
     with nn.logical_axis_rules(()):
-        abstract = jax.eval_shape(init_fn)
-        shardings = tree_shardings(abstract, mesh, rules)
+        _, shardings = abstract_sharded(init_fn, mesh, rules)
         state = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
     return state, shardings
+
+
+def abstract_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules: Rules) -> tuple[Any, Any]:
+    """(ShapeDtypeStructs carrying their shardings, the shardings) of what `init_fn` would
+    return, unboxed: the state that `init_sharded` builds, without building it."""
+    with nn.logical_axis_rules(()):
+        boxed = jax.eval_shape(init_fn)
+    shardings = tree_shardings(boxed, mesh, rules)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nn.meta.unbox(boxed), shardings)
+    return abstract, shardings
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -188,3 +247,25 @@ def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[st
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return {k: to_global(np.asarray(v)) for k, v in batch.items()}
+
+
+def until_every_host_is_done(batches: Iterable[dict[str, np.ndarray]]
+                             ) -> Iterator[dict[str, np.ndarray]]:
+    """`batches`, then all-zero batches (weight 0) shaped like the last until every process
+    has run out of its own: a pass over a whole split gives hosts different batch counts,
+    and a host that stopped early would leave the others waiting in the next collective.
+    One tiny all-gather per batch decides."""
+    if jax.process_count() == 1:
+        yield from batches
+        return
+    iterator, last = iter(batches), None
+    while True:
+        batch = next(iterator, None)
+        if not multihost_utils.process_allgather(np.int32(batch is not None)).any():
+            return
+        if batch is None:
+            if last is None:
+                raise ValueError("this process's split is empty while others have batches")
+            batch = {k: np.zeros_like(v) for k, v in last.items()}
+        last = batch
+        yield batch

@@ -6,6 +6,7 @@ gradients equal the gradient of the whole batch's mean loss exactly, however the
 (unpadded) tokens are spread over the micro-batches.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -85,3 +86,15 @@ def eval_step(params: Any, batch: Batch, *, model: nn.Module, objective: objecti
     outputs = objectives.forward(objective, model, params, batch, deterministic=True)
     return (objectives.metric_sums(objective, outputs, batch),
             objectives.host_outputs(objective, outputs, batch))
+
+
+def jit_train_step(*, model: nn.Module, objective: objectives.Objective,
+                   tx: optax.GradientTransformation, schedule: optax.Schedule, accum_steps: int,
+                   dropout_seed: int, state_shardings: Any, batch_sharding: Any):
+    """`train_step` jitted with the state's shardings, the state donated (the loop's, and what
+    `lm plan` compiles ahead of time)."""
+    return jax.jit(
+        functools.partial(train_step, model=model, objective=objective, tx=tx,
+                          schedule=schedule, accum_steps=accum_steps, dropout_seed=dropout_seed),
+        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+        donate_argnums=0)

@@ -3,8 +3,9 @@
 nanoGPT does not pack documents into rows: every batch row starts at a uniformly random
 offset of the concatenated split (`torch.randint(len(data) - block_size, ...)`). This is
 that sampler, as data objective 'random_windows' with the input pipeline's interface
-(`make_iterator(...)` → numpy causal batches, get_state/set_state). Batch i is a pure
-function of (seed, process, i), so its state is just i. With `num_epochs=1` (exact eval)
+(`make_iterator(...)` → numpy causal batches, get_state/set_state). Global batch i is a pure
+function of (seed, i) and each process keeps its rows, so the state is just i, the same on
+every process and valid for any process count. With `num_epochs=1` (exact eval)
 it yields consecutive non-overlapping windows covering the split once, the last batch
 padded with rows of weight 0; otherwise it samples forever (`shuffle` has no effect).
 """
@@ -52,8 +53,14 @@ class RandomWindows:
     def _starts(self) -> np.ndarray:
         """Window offsets of this process's rows of batch `self.index`."""
         if not self.once:
-            rng = np.random.default_rng([self.seed, self.process_index, self.index])
-            return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+            # The global batch's offsets, the same in every process, which keeps its rows:
+            # batch i does not depend on the process count (a run resumes exactly on
+            # another one). The 0 is where the process index used to be, so one-process
+            # runs draw what they always drew.
+            rng = np.random.default_rng([self.seed, 0, self.index])
+            starts = rng.integers(0, len(self.tokens) - self.seq_len,
+                                  size=self.batch_size * self.process_count)
+            return starts.reshape(self.process_count, -1)[self.process_index]
         global_rows = np.arange(self.batch_size * self.process_count) + (
             self.index * self.batch_size * self.process_count)
         rows = global_rows.reshape(self.process_count, -1)[self.process_index]
