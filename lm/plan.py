@@ -104,7 +104,8 @@ class Planner:
         from lm.train import sharding
         from lm.train.state import init_state
 
-        init_fn = lambda: init_state(self.objective, model, self.tx, jax.random.key(0), self._one_row)
+        init_fn = lambda: init_state(self.objective, model, self.tx, jax.random.key(0),
+                                     self._one_row)
         return sharding.abstract_sharded(init_fn, self.mesh, self.rules)
 
     def device_bytes(self, tree) -> int:
