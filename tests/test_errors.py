@@ -67,9 +67,10 @@ FRESH_CASES = [
     ("tokenizer larger than the model's vocabulary", ["train", "--config.model.vocab_size=60"],
      r"tokenizer has 68 ids but model.vocab_size=60: set --config.model.vocab_size=68"),
     ("batch not a multiple of the micro-batches", ["train", "--config.train.grad_accum_steps=3"],
-     r"train.batch_size=4 must be a multiple of train.grad_accum_steps=3"),
+     r"train.batch_size=4 does not split over the batch axes .*grad_accum_steps=3\): use a "
+     r"multiple of 3"),
     ("a mesh the devices do not divide", ["train", "--config.mesh.data=2"],
-     r"mesh .* needs a multiple of 2 devices, but there are 1"),
+     r"mesh.data=2 .* needs a multiple of 2 devices, but there are 1"),
     ("unknown objective", ["train", "--config.data.objective=nope"],
      r"data.objective='nope'; known:"),
 ]
@@ -146,12 +147,13 @@ class _Mesh:
 
 def test_a_batch_the_data_devices_cannot_divide_is_refused_before_anything_runs():
     from lm import config as config_lib
+    from lm.train import topology
 
-    train_cfg = config_lib.default_train_config()
-    train_cfg.update(batch_size=6, grad_accum_steps=1)
-    with pytest.raises(UserError, match=r"= 6 rows do not split over the 4 devices .*data=2 × "
-                                        r"fsdp=2.*multiple of 4"):
-        loop.check_batch(train_cfg, _Mesh())
-    train_cfg.update(batch_size=16, grad_accum_steps=2, eval_batch_size=6)
-    with pytest.raises(UserError, match="train.eval_batch_size = 6 rows"):
-        loop.check_batch(train_cfg, _Mesh())
+    config = config_lib.base_config()
+    config.train.update(batch_size=6, grad_accum_steps=1)
+    with pytest.raises(UserError, match=r"train.batch_size=6 does not split over the batch "
+                                        r"axes \(mesh data=2 × mesh fsdp=2\): use a multiple of 4"):
+        topology.check(config, _Mesh())
+    config.train.update(batch_size=16, grad_accum_steps=2, eval_batch_size=6)
+    with pytest.raises(UserError, match="train.eval_batch_size=6 does not split"):
+        topology.check(config, _Mesh())
