@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from lm import config as config_lib
@@ -158,3 +159,35 @@ def test_no_progress_bar_in_a_log_file(tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert "\r" not in captured.err + captured.out
     assert captured.out.count("step ") == 3  # one plain line per record
+
+
+class _Counting:
+    """Batches {inputs: [[i]]} with get_state/set_state: the data-iterator interface."""
+
+    def __init__(self, stop: int = 100):
+        self.i, self.stop = 0, stop
+
+    def __next__(self):
+        if self.i >= self.stop:
+            raise StopIteration
+        self.i += 1
+        return {"inputs": np.full((1, 1), self.i - 1, np.int32)}
+
+    def get_state(self):
+        return {"i": self.i}
+
+
+def test_device_prefetch_checkpoints_the_next_unconsumed_batch():
+    import jax
+
+    from lm.train import sharding
+
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    source = _Counting(stop=5)
+    prefetch = sharding.DevicePrefetch(source, mesh, size=2)
+    for expected in range(3):
+        host, batch = next(prefetch)
+        assert int(host["inputs"][0, 0]) == expected == int(jax.device_get(batch["inputs"])[0, 0])
+    assert source.i == 5 and prefetch.get_state() == {"i": 3}  # the source ran ahead
+    assert [int(h["inputs"][0, 0]) for h, _ in prefetch] == [3, 4]
+    assert prefetch.get_state() == {"i": 5}

@@ -199,9 +199,10 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
     with sharding.use_mesh(run.mesh, run.rules):
         if t.eval_at_start and start == 0:
             writer.write(0, evaluate(state.params))
+        # Batches are placed on the devices two steps ahead: transfers overlap the steps.
+        batches = sharding.DevicePrefetch(run.train_iter, run.mesh, size=2)
         for s in range(start + 1, t.steps + 1):
-            host_batch = next(run.train_iter)
-            batch = sharding.host_batch_to_global(host_batch, run.mesh)
+            host_batch, batch = next(batches)
             state, metrics = train_step(state, batch)
             if pending:
                 read(pending)
@@ -217,7 +218,7 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
                 if eval_metrics:
                     writer.write(s, eval_metrics)
                     last.update(eval_metrics)
-                ckpt.save(s, state, run.train_iter.get_state(), metrics=eval_metrics, force=stop)
+                ckpt.save(s, state, batches.get_state(), metrics=eval_metrics, force=stop)
                 meter.reset()
             if stop:
                 break

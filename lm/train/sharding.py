@@ -15,6 +15,7 @@ Typical use (the train loop):
         state, metrics = train_step_jitted(state, batch)
 """
 
+import collections
 import contextlib
 import functools
 import math
@@ -269,3 +270,39 @@ def until_every_host_is_done(batches: Iterable[dict[str, np.ndarray]]
             batch = {k: np.zeros_like(v) for k, v in last.items()}
         last = batch
         yield batch
+
+
+class DevicePrefetch:
+    """(host batch, global device batch) pairs, `size` batches ahead of the step that uses
+    them, so that each transfer to the devices overlaps the running step.
+
+    `get_state()` is the state of the next batch not yet handed out (what a checkpoint
+    needs), not of the source iterator, which is `size` batches further on.
+    """
+
+    def __init__(self, iterator, mesh: Mesh, size: int = 2):
+        self._iterator, self._mesh, self._size = iterator, mesh, size
+        self._queue: collections.deque = collections.deque()
+
+    def __iter__(self):
+        return self
+
+    def _fill(self) -> None:
+        while len(self._queue) < max(self._size, 1):
+            state = self._iterator.get_state()
+            try:
+                host = next(self._iterator)
+            except StopIteration:
+                return
+            self._queue.append((state, host, host_batch_to_global(host, self._mesh)))
+
+    def __next__(self) -> tuple[Mapping[str, np.ndarray], dict[str, jax.Array]]:
+        self._fill()
+        if not self._queue:
+            raise StopIteration
+        _, host, batch = self._queue.popleft()
+        self._fill()  # start the next transfers before the caller runs its step
+        return host, batch
+
+    def get_state(self):
+        return self._queue[0][0] if self._queue else self._iterator.get_state()
