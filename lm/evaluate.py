@@ -34,15 +34,13 @@ def evaluate_split(run, split: str, batch_size: int | None = None) -> dict[str, 
     """The trainer's eval of a saved run on the whole of `split` (one process)."""
     import jax
 
-    from lm import data
     from lm import metrics as task_metrics
     from lm.train import decoding, loop, objectives, sharding, step
 
     cfg = run.config
     objective = objectives.get(cfg.data.objective, run.model_cfg)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    make_iter = functools.partial(loop.ITERATORS.get(cfg.data.objective) or data.make_iterator,
-                                  cfg.data, run.tokenizer)
+    make_iter = functools.partial(loop.iterator_factory(cfg.data), cfg.data, run.tokenizer)
     eval_step = jax.jit(functools.partial(step.eval_step, model=run.model, objective=objective))
     rows = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
     decoder = decoding.make_decoder(run.model, run.tokenizer, cfg.data, mesh) \

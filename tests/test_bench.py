@@ -23,3 +23,30 @@ def test_bench_command_prints_throughput(capsys):
     fields = dict(f.split("=") for f in line.split(": ", 1)[1].split())
     assert float(fields["steps_per_s"]) > 0 and float(fields["tokens_per_s"]) > 0
     assert 0 < float(fields["mfu"]) < 1
+
+
+@pytest.mark.parametrize("objective", ["causal", "mlm_nsp", "span_corruption", "seq2seq",
+                                       "classification"])
+def test_synthetic_batches_have_the_objectives_shapes_and_resume(objective):
+    from lm import config as config_lib
+    from lm.data import specs, synthetic
+
+    cfg = config_lib.data_config()
+    cfg.update(objective=objective, seq_len=32, task="mrpc")
+    tok = synthetic.NullTokenizer(100)
+    it = synthetic.make_iterator(cfg, tok, split="train", batch_size=4, seed=0)
+    first = next(it)
+    assert {k: (v.shape, v.dtype) for k, v in first.items()} == specs.batch_spec(cfg, 4)
+    assert first["inputs"].max() < 100
+    state, second = it.get_state(), next(it)
+    again = synthetic.make_iterator(cfg, tok, split="train", batch_size=4, seed=0)
+    again.set_state(state)
+    resumed = next(again)
+    assert all((resumed[k] == second[k]).all() for k in second)
+
+
+def test_bench_on_synthetic_data_needs_no_corpus(capsys):
+    bench.main(["bench", "--config", "experiments/bert_mlm_nsp.py:tiny", "--steps", "10",
+                "--config.data.source=synthetic", "--config.train.batch_size=4",
+                "--config.data.seq_len=32", "--config.model.num_layers=1"])
+    assert "steps_per_s=" in capsys.readouterr().out

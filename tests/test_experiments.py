@@ -38,7 +38,7 @@ def test_config_builds_a_model_and_a_pipeline(path, arg, sentencepiece_model):
     tokenizer = data.make_tokenizer(config.data)
     loop.check_vocab(tokenizer.vocab_size, model_cfg.vocab_size)
 
-    make_iterator = loop.ITERATORS.get(config.data.objective) or data.make_iterator
+    make_iterator = loop.iterator_factory(config.data)
     batch = next(make_iterator(config.data, tokenizer, split=config.data.train_split,
                                batch_size=2, seed=0))
     rows, length = batch["inputs"].shape

@@ -18,7 +18,8 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         # --- source
         # 'tfds' | 'text' (local files) | classification: 'glue' (TFDS if prepared, else the
-        # TSV files), 'tfds' or 'tsv'
+        # TSV files), 'tfds' or 'tsv' | seq2seq: also 'pairs' | 'synthetic' (random tokens in
+        # the objective's shapes, for benchmarks: no corpus, no tokenizer)
         source="tfds",
         name="tiny_shakespeare",  # TFDS name (tiny_shakespeare also ships inside lm)
         data_dir="",  # TFDS data dir ('' = $TFDS_DATA_DIR, else ~/tensorflow_datasets); tsv:

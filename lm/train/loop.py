@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lm import data, models
 from lm import metrics as task_metrics
-from lm.data import pipeline, tokenizers
+from lm.data import pipeline, synthetic, tokenizers
 from lm.errors import UserError
 from lm.nn.config import ModelConfig
 from lm.train import (
@@ -45,8 +45,15 @@ from lm.train import (
 from lm.train.state import TrainState, init_state
 from lm.train.writer import MetricsWriter
 
-# Objectives whose batches come from somewhere other than lm.data.make_iterator.
-ITERATORS = {"random_windows": windows.make_iterator}
+
+def iterator_factory(data_cfg: ml_collections.ConfigDict):
+    """The function that makes this data config's batch iterators (lm.data.make_iterator's
+    signature): synthetic batches, nanoGPT's random windows, or the input pipeline."""
+    if data_cfg.source == "synthetic":
+        return synthetic.make_iterator
+    if data_cfg.objective == "random_windows":
+        return windows.make_iterator
+    return data.make_iterator
 
 
 def log(*args) -> None:
@@ -108,7 +115,7 @@ def _start(config, workdir: pathlib.Path, allow_config_change: bool) -> Run:
     tx, _ = optim.make_optimizer(t)
 
     make_iter = functools.partial(
-        ITERATORS.get(config.data.objective) or data.make_iterator, config.data, tokenizer,
+        iterator_factory(config.data), config.data, tokenizer,
         process_index=shard_index, process_count=shard_count)
     train_iter = make_iter(split=config.data.train_split, seed=t.seed,
                            batch_size=t.batch_size // shard_count)
@@ -290,6 +297,8 @@ def make_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: pathlib.Path, v
     split into `workdir/tokenizer.model` with the model's vocab_size (once: a resumed run
     reuses it), and `data_cfg.tokenizer.path` is set to it, in place."""
     tok_cfg = data_cfg.tokenizer
+    if data_cfg.source == "synthetic":
+        return synthetic.NullTokenizer(vocab_size)
     if tok_cfg.kind == "sentencepiece" and not tok_cfg.path:
         prefix = workdir / "tokenizer"
         if jax.process_index() == 0 and not prefix.with_suffix(".model").exists():
