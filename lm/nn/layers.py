@@ -5,6 +5,7 @@ Params are float32; layers compute in `cfg.dtype`; logits come out float32.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,20 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,  # original T5
     "silu": jax.nn.silu,  # SwiGLU when gated
 }
+
+
+def matmul_2d(x: jax.Array, kernel: jax.Array, in_axes: int) -> jax.Array:
+    """tensordot(x, kernel, in_axes) as one 2-D (rows, in) @ (in, out) matmul.
+
+    The reshapes are free (row-major bitcasts). A 3-D dot makes XLA:CPU transpose the
+    (B, T, F) gradient inside an elementwise fusion for the weight gradient; in 2-D the
+    backward is two plain matmuls (3x faster for the GPT MLP on CPU).
+    """
+    lead, contract = x.shape[: x.ndim - in_axes], x.shape[x.ndim - in_axes :]
+    out = kernel.shape[in_axes:]
+    x_RxI = x.reshape(-1, math.prod(contract))
+    y_RxO = x_RxI @ kernel.reshape(x_RxI.shape[1], math.prod(out))
+    return y_RxO.reshape(*lead, *out)
 
 
 class Dense(nn.Module):
@@ -44,7 +59,7 @@ class Dense(nn.Module):
         shape = x.shape[x.ndim - self.in_axes :] + self.features
         init = param_init(nn.initializers.normal(cfg.init_std), self.names)
         kernel = self.param("kernel", init, shape, jnp.float32)
-        y = jnp.tensordot(x.astype(cfg.dtype), kernel.astype(cfg.dtype), axes=self.in_axes)
+        y = matmul_2d(x.astype(cfg.dtype), kernel.astype(cfg.dtype), self.in_axes)
         if not self.use_bias:
             return y
         bias_init = param_init(nn.initializers.zeros, self.names[-len(self.features) :])
