@@ -13,13 +13,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm.nn import ops
 from lm.nn.partitioning import constrain, param_init
 
 if TYPE_CHECKING:
     from lm.models.config import ModelConfig
 
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT
+    "gelu": ops.gelu,  # exact (erf): BERT, nanoGPT
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2 "gelu_new", T5 v1.1
     "relu": jax.nn.relu,  # original T5
     "silu": jax.nn.silu,  # SwiGLU when gated
