@@ -1,11 +1,13 @@
 """`python -m lm bench`: training throughput of an experiment, on its real data.
 
     python -m lm bench --config experiments/<file>.py[:<arg>] [--steps 100] \\
-        [--config.<dotted.key>=<value> ...]
+        [--profile DIR [--profile_steps 10]] [--config.<dotted.key>=<value> ...]
 
 Runs `steps` training steps in a scratch workdir (no eval, no checkpoint) through the real
 loop and prints steps/s, tokens/s and MFU, averaged over the logged windows after the first
-(which holds compilation).
+(which holds compilation). `--profile DIR` also traces `profile_steps` steps from the middle
+of the run into DIR (jax.profiler; open it in TensorBoard or ui.perfetto.dev) and prints the
+top XLA ops by time and their share of all ops (lm/profiling.py).
 """
 
 import argparse
@@ -29,15 +31,30 @@ def summarize(records: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in windows])) for k in keys if k in windows[0]}
 
 
+def profile_overrides(flags: argparse.Namespace) -> dict[str, str]:
+    """Trace `profile_steps` steps from the middle of the run (past compilation)."""
+    if not flags.profile:
+        return {}
+    start = max(flags.steps // 2, 2)
+    if start + flags.profile_steps > flags.steps + 1:
+        sys.exit(f"error: --steps {flags.steps} is too few to trace {flags.profile_steps} steps "
+                 f"from step {start}: raise --steps")
+    return {"train.profile_steps": f"{start},{start + flags.profile_steps}",
+            "train.profile_dir": str(pathlib.Path(flags.profile).absolute())}
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m lm bench", description=__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--profile", default="", metavar="DIR", help="write a trace here")
+    parser.add_argument("--profile_steps", type=int, default=10, help="steps to trace")
     flags, rest = parser.parse_known_args(argv[1:])
     _, overrides = cli.parse(["--config", flags.config, "--workdir", "-", *rest])
     overrides = {**overrides, "train.steps": str(flags.steps), "train.eval_every": "0",
                  "train.log_every": str(max(flags.steps // 10, 1)),
-                 "train.checkpoint_every": str(flags.steps + 1), "train.eval_at_start": "False"}
+                 "train.checkpoint_every": str(flags.steps + 1), "train.eval_at_start": "False",
+                 **profile_overrides(flags)}
     try:
         config = config_lib.apply_overrides(config_lib.load_experiment(flags.config), overrides)
     except (KeyError, ValueError, FileNotFoundError) as e:

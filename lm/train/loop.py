@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lm import data, finetune, models
+from lm import data, finetune, models, profiling
 from lm.data import sources, tokenizers
 from lm.train import checkpoint, mfu, optim, sharding, step, tasks, windows
 from lm.train.metrics import MetricsWriter
@@ -97,6 +97,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                            enabled=jax.process_index() == 0)
     preemption = checkpoint.install_signal_handlers()
     meter = Throughput()
+    profiler = profiling.StepProfiler(t.profile_steps, t.profile_dir or workdir / "profile",
+                                      enabled=jax.process_index() == 0)
     last: dict[str, float] = {}
     best: dict[str, float] = {}
     pending = None  # (step, device metrics) not yet read by the host
@@ -124,7 +126,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
         for s in range(start + 1, t.steps + 1):
             host_batch = next(train_iter)
             batch = sharding.host_batch_to_global(host_batch, mesh)
+            profiler.before_step(s, state)
             state, metrics = train_step(state, batch)
+            profiler.after_step(s, state, functools.partial(
+                profiling.hlo_text, train_step, state, batch))
             if pending:
                 read(pending)
             pending = (s, metrics, host_batch["inputs"].shape[-1])
@@ -143,6 +148,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
                 meter.reset()
             if stop:
                 break
+    profiler.close()
     ckpt.close()
     writer.close()
     return {"step": float(jax.device_get(state.step)), **last, **best}
