@@ -66,4 +66,15 @@ def main(argv: list[str]) -> None:
         train(config, workdir, quiet=True)
         lines = pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()
     result = summarize([json.loads(line) for line in lines])
+    print_peak(config.model.get("dtype", "float32"))
     print(f"{flags.config}: " + "  ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in result.items()))
+
+
+def print_peak(dtype: str) -> None:
+    """The peak FLOP/s that MFU divides by, and where it comes from."""
+    import jax
+
+    from lm.train import mfu
+
+    peak, source = mfu.peak_flops_and_source(jax.devices()[0], dtype)
+    print(f"peak: {peak:.4g} FLOP/s per device, {source}" if peak else f"peak: {source}")
