@@ -36,3 +36,23 @@ def test_gelu_gradient_equals_autodiff_of_the_formula_in_float64():
     with jax.enable_x64(True):
         got64 = jax.vjp(ops.gelu, jnp.asarray(x, jnp.float64))[1](jnp.asarray(g, jnp.float64))[0]
         np.testing.assert_allclose(got64, want, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_value_and_gradients_equal_the_float64_formula():
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(3, 5, 32)) * 4 + 2).astype(np.float32)
+    scale, bias = (rng.normal(size=(32,)).astype(np.float32) for _ in range(2))
+    g = rng.normal(size=x.shape).astype(np.float32)
+    for b in (bias, None):  # GPT without biases, BERT with
+        got_y, vjp = jax.vjp(lambda x, s, b: ops.layer_norm(x, s, b, 1e-5), x, scale, b)
+        got = vjp(g)
+        with jax.enable_x64(True):
+            args64 = [None if a is None else jnp.asarray(a, jnp.float64) for a in (x, scale, b)]
+            want_y, vjp64 = jax.vjp(lambda x, s, b: ops.layer_norm_formula(x, s, b, 1e-5),
+                                    *args64)
+            want = vjp64(jnp.asarray(g, jnp.float64))
+        np.testing.assert_allclose(got_y, np.asarray(want_y), rtol=1e-5, atol=1e-5)
+        assert (got[2] is None) == (b is None)
+        for name, u, w in zip(("dx", "dscale", "dbias"), got, want, strict=True):
+            if w is not None:
+                np.testing.assert_allclose(u, np.asarray(w), rtol=1e-4, atol=2e-5, err_msg=name)

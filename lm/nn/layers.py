@@ -94,21 +94,29 @@ def embed(cfg: ModelConfig, num: int, names: Sequence[str], name: str) -> nn.Emb
     )
 
 
+class LayerNorm(nn.Module):
+    """flax.linen.LayerNorm(use_fast_variance=False)'s params and function, with the
+    hand-written derivative of lm.nn.ops.layer_norm. The variance is E[(x - mean)^2] as
+    PyTorch computes it; the fast E[x^2] - mean^2 loses digits."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg, shape = self.cfg, (x.shape[-1],)
+        scale = self.param("scale", param_init(nn.initializers.ones, ("embed",)), shape)
+        bias = None
+        if cfg.use_bias:
+            bias = self.param("bias", param_init(nn.initializers.zeros, ("embed",)), shape)
+        return ops.layer_norm(x.astype(jnp.float32), scale, bias, cfg.norm_eps).astype(cfg.dtype)
+
+
 def norm(cfg: ModelConfig, name: str) -> nn.Module:
     """LayerNorm (GPT-2, BERT) or RMSNorm (T5: no mean subtraction, no bias)."""
     scale_init = param_init(nn.initializers.ones, ("embed",))
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.dtype, scale_init=scale_init, name=name)
-    return nn.LayerNorm(
-        epsilon=cfg.norm_eps,
-        dtype=cfg.dtype,
-        use_bias=cfg.use_bias,
-        scale_init=scale_init,
-        bias_init=param_init(nn.initializers.zeros, ("embed",)),
-        # E[(x - mean)^2] as PyTorch computes it; the fast E[x^2] - mean^2 loses digits.
-        use_fast_variance=False,
-        name=name,
-    )
+    return LayerNorm(cfg, name=name)
 
 
 class Mlp(nn.Module):
