@@ -3,10 +3,27 @@
 import json
 import math
 import pathlib
+import sys
 from typing import Any
 
-import tensorboardX
 import tqdm
+
+
+def _import_tensorboardx():
+    """tensorboardX, without the `import torch` its writer does when torch is installed (only
+    to accept torch tensors; we log floats): 1.5 s of every run's start-up."""
+    if "torch" in sys.modules:
+        import tensorboardX
+        return tensorboardX
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        import tensorboardX
+    finally:
+        del sys.modules["torch"]
+    return tensorboardX
+
+
+tensorboardX = _import_tensorboardx()
 
 
 class MetricsWriter:
