@@ -55,16 +55,21 @@ class Dense(nn.Module):
     use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def weights(self, in_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array | None]:
+        """(kernel in_shape + features, bias features or None) in the compute dtype."""
         cfg = self.cfg
-        shape = x.shape[x.ndim - self.in_axes :] + self.features
         init = param_init(nn.initializers.normal(cfg.init_std), self.names)
-        kernel = self.param("kernel", init, shape, jnp.float32)
-        y = matmul_2d(x.astype(cfg.dtype), kernel.astype(cfg.dtype), self.in_axes)
-        if not self.use_bias:
-            return y
-        bias_init = param_init(nn.initializers.zeros, self.names[-len(self.features) :])
-        return y + self.param("bias", bias_init, self.features, jnp.float32).astype(cfg.dtype)
+        kernel = self.param("kernel", init, tuple(in_shape) + self.features, jnp.float32)
+        bias = None
+        if self.use_bias:
+            bias_init = param_init(nn.initializers.zeros, self.names[-len(self.features) :])
+            bias = self.param("bias", bias_init, self.features, jnp.float32).astype(cfg.dtype)
+        return kernel.astype(cfg.dtype), bias
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel, bias = self.weights(x.shape[x.ndim - self.in_axes :])
+        y = matmul_2d(x.astype(self.cfg.dtype), kernel, self.in_axes)
+        return y if bias is None else y + bias
 
 
 def dense(

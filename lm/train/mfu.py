@@ -119,7 +119,7 @@ def _cache_file() -> pathlib.Path:
     return pathlib.Path(root) / "lm" / "cpu_peak_flops.json"
 
 
-def cached_cpu_peak(seconds: float = 0.5) -> tuple[float, str]:
+def cached_cpu_peak(seconds: float = 0.25) -> tuple[float, str]:
     """(FLOP/s, where it came from): the best float32 matmul rate ever measured on this
     machine (CPU model, core count, jax version), kept in ~/.cache/lm. Each run measures
     briefly and only ever raises the cached value, so MFU does not fall with the load of the
