@@ -192,9 +192,8 @@ def _xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, scale, dropout_r
     if rng is None:
         return _softmax_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale)
     probs_BxNxTxS = _probs(q_BxTxNxH, k_BxSxNxH, mask, bias, scale)
-    if rng is not None:
-        keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs_BxNxTxS.shape)
-        probs_BxNxTxS = jnp.where(keep, probs_BxNxTxS / (1.0 - dropout_rate), 0.0)
+    keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs_BxNxTxS.shape)
+    probs_BxNxTxS = jnp.where(keep, probs_BxNxTxS / (1.0 - dropout_rate), 0.0)
     return _weighted_values(probs_BxNxTxS, v_BxSxNxH)
 
 
