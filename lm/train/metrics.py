@@ -39,7 +39,9 @@ class MetricsWriter:
             return
         workdir = pathlib.Path(workdir)
         self._jsonl = open(workdir / "metrics.jsonl", "a")
-        self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+        # A deep event queue: at the default 10, logging every step blocks the loop on the
+        # writer thread (a semaphore wait per scalar). Events still reach disk every 120 s.
+        self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"), max_queue=1000)
         self._bar = None if quiet else tqdm.tqdm(
             total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
         )
