@@ -48,6 +48,9 @@ def get_config(arg: str | None = None):
         use_bias=False,  # nanoGPT bias=False: no biases in Linear or LayerNorm
         tie_embeddings=True,
         dropout_rate=size["dropout"], attention_dropout_rate=size["dropout"],
+        # One loop iteration holds every layer: at 4 small layers, the loop's per-layer
+        # slicing and stacking of params and gradients cost more than the compile time saved.
+        scan_unroll=size["layers"],
     )
 
     config.data.update(

@@ -75,6 +75,10 @@ def default_train_config() -> ConfigDict:
         keep_checkpoints=2,
         best_metric="",  # e.g. 'eval/loss': also keep the best checkpoint by it
         best_mode="min",  # 'min' | 'max'
+        # (start, stop): trace steps start..stop-1 with jax.profiler and print their top ops
+        # (lm/profiling.py); () = off. The trace goes to profile_dir ('' = <workdir>/profile).
+        profile_steps=(),
+        profile_dir="",
     ))
 
 

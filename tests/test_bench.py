@@ -1,5 +1,7 @@
 """`python -m lm bench` runs the real loop and reports throughput past compilation."""
 
+import json
+
 import pytest
 
 from lm import bench
@@ -15,14 +17,21 @@ def test_summary_skips_the_compile_window_and_needs_two_windows():
         bench.summarize(records[:1])
 
 
-def test_bench_command_prints_throughput(capsys):
+def test_bench_command_reports_throughput_and_writes_json(capsys, tmp_path):
     bench.main(["bench", "--config", "experiments/gpt_shakespeare_char.py:cpu", "--steps", "20",
                 "--config.model.num_layers=1", "--config.model.d_model=32",
-                "--config.model.d_ff=64", "--config.train.batch_size=4"])
+                "--config.model.d_ff=64", "--config.train.batch_size=4",
+                "--json", str(tmp_path / "bench.json")])
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    fields = dict(f.split("=") for f in line.split(": ", 1)[1].split())
-    assert float(fields["steps_per_s"]) > 0 and float(fields["tokens_per_s"]) > 0
-    assert 0 < float(fields["mfu"]) < 1
+    fields = dict(f.rsplit("=", 1) for f in line.split(": ", 1)[1].split("  "))
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert float(fields["steps/s"]) == pytest.approx(report["steps_per_s"], rel=1e-3)
+    assert report["ms_per_step"] == pytest.approx(1000 / report["steps_per_s"])
+    assert report["tokens_per_s"] == pytest.approx(report["steps_per_s"] * 4 * 64, rel=0.3)
+    assert 0 < report["mfu"] < 1 and report["compile_s"] > 0
+    # model TFLOP/s and MFU describe the same FLOPs: MFU = FLOP/s / peak
+    assert report["mfu"] == pytest.approx(report["tflops_per_s"] * 1e12 / report["peak_flops"],
+                                          rel=1e-6)
 
 
 @pytest.mark.parametrize("objective", ["causal", "mlm_nsp", "span_corruption", "seq2seq",

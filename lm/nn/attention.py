@@ -11,6 +11,7 @@ a model, then passed down; an additive bias (T5 relative positions) is (B|1, N, 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.nn.config import ModelConfig
-from lm.nn.layers import dense
+from lm.nn.layers import dense, matmul_2d
 from lm.nn.partitioning import constrain, param_init
 
 # Logits of masked pairs. Finite (HF uses the dtype's min too), so a fully masked row gives a
@@ -121,33 +122,76 @@ class RelativePositionBias(nn.Module):
 # ----------------------------------------------------------------------------- the math
 
 
-def _grouped(t: jax.Array | None, K: int, G: int) -> jax.Array | None:
-    """(B|1, N|1, T, S) -> (B|1, K|1, G|1, T, S), query head n = k * G + g."""
-    if t is None:
-        return None
-    b, n, tq, s = t.shape
-    return t[:, :, None] if n == 1 else t.reshape(b, K, G, tq, s)
+def _probs(q_BxTxNxH, k_BxSxNxH, mask, bias, scale):
+    """Softmax(q k^T * scale + bias, masked), float32 (B, N, T, S)."""
+    logits_BxNxTxS = jnp.einsum(
+        "BTNH,BSNH->BNTS", q_BxTxNxH, k_BxSxNxH, preferred_element_type=jnp.float32
+    )
+    logits_BxNxTxS = logits_BxNxTxS * scale
+    if bias is not None:
+        logits_BxNxTxS = logits_BxNxTxS + bias.astype(jnp.float32)
+    if mask is not None:
+        logits_BxNxTxS = jnp.where(mask, logits_BxNxTxS, MASKED_LOGIT)
+    return jax.nn.softmax(logits_BxNxTxS, axis=-1)
+
+
+def _weighted_values(probs_BxNxTxS, v_BxSxNxH):
+    return jnp.einsum("BNTS,BSNH->BTNH", probs_BxNxTxS.astype(v_BxSxNxH.dtype), v_BxSxNxH)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _softmax_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale):
+    """Attention without dropout, with its backward written out (FlashAttention's): autodiff
+    of the masked softmax costs XLA:CPU slow row reductions and extra passes over the
+    (B, N, T, S) probabilities."""
+    return _weighted_values(_probs(q_BxTxNxH, k_BxSxNxH, mask, bias, scale), v_BxSxNxH)
+
+
+def _softmax_attention_fwd(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale):
+    probs_BxNxTxS = _probs(q_BxTxNxH, k_BxSxNxH, mask, bias, scale)
+    out_BxTxNxH = _weighted_values(probs_BxNxTxS, v_BxSxNxH)
+    return out_BxTxNxH, (q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, probs_BxNxTxS, bias)
+
+
+def _softmax_attention_bwd(scale, residuals, dout_BxTxNxH):
+    q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, probs_BxNxTxS, bias = residuals
+    dprobs_BxNxTxS = jnp.einsum(
+        "BTNH,BSNH->BNTS", dout_BxTxNxH, v_BxSxNxH, preferred_element_type=jnp.float32
+    )
+    # Softmax backward: p * (dp - Σ_s p dp). Masked keys have p = 0; a query that sees no
+    # key at all has uniform p but, as in autodiff through the mask, no gradient.
+    row_BxNxTx1 = jnp.sum(probs_BxNxTxS * dprobs_BxNxTxS, axis=-1, keepdims=True)
+    dlogits_BxNxTxS = probs_BxNxTxS * (dprobs_BxNxTxS - row_BxNxTx1)
+    if mask is not None:
+        dlogits_BxNxTxS = jnp.where(mask, dlogits_BxNxTxS, 0.0)
+    dscores_BxNxTxS = (dlogits_BxNxTxS * scale).astype(q_BxTxNxH.dtype)
+    dq_BxTxNxH = jnp.einsum("BNTS,BSNH->BTNH", dscores_BxNxTxS, k_BxSxNxH)
+    dk_BxSxNxH = jnp.einsum("BNTS,BTNH->BSNH", dscores_BxNxTxS, q_BxTxNxH)
+    dv_BxSxNxH = jnp.einsum(
+        "BNTS,BTNH->BSNH", probs_BxNxTxS.astype(v_BxSxNxH.dtype), dout_BxTxNxH
+    )
+    dbias = None
+    if bias is not None:  # summed over the axes the bias is broadcast along
+        axes = tuple(i for i, n in enumerate(bias.shape) if n < dlogits_BxNxTxS.shape[i])
+        dbias = jnp.sum(dlogits_BxNxTxS, axis=axes, keepdims=True).astype(bias.dtype)
+    return dq_BxTxNxH, dk_BxSxNxH, dv_BxSxNxH, None, dbias
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def _xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, scale, dropout_rate, rng):
-    B, T, N, H = q_BxTxNxH.shape
-    K = k_BxSxKxH.shape[2]
-    G = N // K
-    q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, G, H)
-    logits_BxKxGxTxS = jnp.einsum(
-        "BTKGH,BSKH->BKGTS", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32
-    )
-    logits_BxKxGxTxS = logits_BxKxGxTxS * scale
-    if bias is not None:
-        logits_BxKxGxTxS = logits_BxKxGxTxS + _grouped(bias, K, G).astype(jnp.float32)
-    if mask is not None:
-        logits_BxKxGxTxS = jnp.where(_grouped(mask, K, G), logits_BxKxGxTxS, MASKED_LOGIT)
-    probs = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)
-    if rng is not None:
-        keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    out_BxTxKxGxH = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(v_BxSxKxH.dtype), v_BxSxKxH)
-    return out_BxTxKxGxH.reshape(B, T, N, H)
+    G = q_BxTxNxH.shape[2] // k_BxSxKxH.shape[2]
+    # Query head n = k * G + g reads kv head k. Repeating the kv heads keeps every product
+    # a plain batched matmul over (B, N); autodiff of the repeat sums their gradients.
+    k_BxSxNxH = jnp.repeat(k_BxSxKxH, G, axis=2) if G > 1 else k_BxSxKxH
+    v_BxSxNxH = jnp.repeat(v_BxSxKxH, G, axis=2) if G > 1 else v_BxSxKxH
+    if rng is None:
+        return _softmax_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale)
+    probs_BxNxTxS = _probs(q_BxTxNxH, k_BxSxNxH, mask, bias, scale)
+    keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs_BxNxTxS.shape)
+    probs_BxNxTxS = jnp.where(keep, probs_BxNxTxS / (1.0 - dropout_rate), 0.0)
+    return _weighted_values(probs_BxNxTxS, v_BxSxNxH)
 
 
 def attention(
@@ -219,9 +263,12 @@ class MultiHeadAttention(nn.Module):
         is_self = x_kv_BxSxD is None
         x_kv_BxSxD = x_BxTxD if is_self else x_kv_BxSxD
         N, K, H = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
-        q_BxTxNxH = self._project(x_BxTxD, N, "heads", "query")
-        k_BxSxKxH = self._project(x_kv_BxSxD, K, "kv_heads", "key")
-        v_BxSxKxH = self._project(x_kv_BxSxD, K, "kv_heads", "value")
+        if is_self and N == K:  # one matmul for q, k and v
+            q_BxTxNxH, k_BxSxKxH, v_BxSxKxH = self._project(
+                x_BxTxD, N, "heads", ("query", "key", "value"))
+        else:
+            (q_BxTxNxH,) = self._project(x_BxTxD, N, "heads", ("query",))
+            k_BxSxKxH, v_BxSxKxH = self._project(x_kv_BxSxD, K, "kv_heads", ("key", "value"))
         if is_self and cfg.position == "rope":
             if positions_BxT is None:
                 raise ValueError("position='rope' needs positions_BxT for self-attention")
@@ -246,11 +293,21 @@ class MultiHeadAttention(nn.Module):
         out_BxTxD = out(out_BxTxNxH)
         return constrain(out_BxTxD, ("batch", "length", "embed"))
 
-    def _project(self, x_BxTxD: jax.Array, heads: int, head_axis: str, name: str) -> jax.Array:
-        layer = dense(
-            self.cfg, (heads, self.cfg.dim_per_head), ("embed", head_axis, "head_dim"), name
-        )
-        return constrain(layer(x_BxTxD), ("batch", "length", head_axis, "head_dim"))
+    def _project(self, x_BxTxD: jax.Array, heads: int, head_axis: str, names: tuple[str, ...]
+                 ) -> tuple[jax.Array, ...]:
+        """x @ each named (D, heads, H) kernel, as ONE matmul with the kernels concatenated
+        along H (params unchanged; the heads axis, which tensor parallelism shards, is left
+        whole): three 128-wide products cost XLA:CPU more than one 384-wide one."""
+        cfg, H = self.cfg, self.cfg.dim_per_head
+        axes = ("embed", head_axis, "head_dim")
+        weights = [dense(cfg, (heads, H), axes, name).weights(x_BxTxD.shape[-1:])
+                   for name in names]
+        kernel_DxNxCH = jnp.concatenate([kernel for kernel, _ in weights], axis=2)
+        y_BxTxNxCH = matmul_2d(x_BxTxD.astype(cfg.dtype), kernel_DxNxCH, 1)
+        if weights[0][1] is not None:
+            y_BxTxNxCH = y_BxTxNxCH + jnp.concatenate([bias for _, bias in weights], axis=1)
+        return tuple(constrain(y_BxTxNxH, ("batch", "length", head_axis, "head_dim"))
+                     for y_BxTxNxH in jnp.split(y_BxTxNxCH, len(names), axis=3))
 
     def _update_cache(
         self, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array

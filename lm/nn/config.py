@@ -65,6 +65,10 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; params are always float32
     attention_impl: str = "xla"
     scan_layers: bool = True
+    # Layers per iteration of the scan's loop (params stay stacked either way); num_layers
+    # unrolls it fully, which saves the loop's per-layer slicing and stacking where layers
+    # are small (CPU), at a compile time that grows with depth.
+    scan_unroll: int = 1
     remat_policy: str = "none"
 
     def __post_init__(self):
@@ -108,7 +112,8 @@ def _validate(cfg: ModelConfig) -> None:
         ("remat_policy", REMAT_POLICIES),
     ]:
         check_choice(name, getattr(cfg, name), choices)
-    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len"):
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len",
+                 "scan_unroll"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"ModelConfig.{name}={getattr(cfg, name)} must be positive")
     if cfg.head_dim is None and cfg.d_model % cfg.num_heads:

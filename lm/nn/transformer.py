@@ -1,9 +1,9 @@
 """One transformer block and one stack of them, shared by GPT, BERT and T5.
 
 The stack runs its blocks with `nn.scan` (params `layers`, every leaf with a leading L
-axis, logical name 'layers') or unrolled (`layers_0` ... `layers_{L-1}`), optionally under
-`nn.remat` with a named checkpoint policy. Masks and biases arrive built; blocks know
-nothing of the task.
+axis, logical name 'layers'; `scan_unroll` layers per loop iteration) or unrolled
+(`layers_0` ... `layers_{L-1}`), optionally under `nn.remat` with a named checkpoint policy.
+Masks and biases arrive built; blocks know nothing of the task.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ class Stack(nn.Module):
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast,) * len(args),
                 length=self.num_layers,
+                unroll=cfg.scan_unroll,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, cross=self.cross, name="layers")
             x, _ = layers(x, *args)

@@ -25,7 +25,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lm import data, models
+from lm import data, models, profiling
 from lm import metrics as task_metrics
 from lm.data import pipeline, synthetic, tokenizers
 from lm.errors import UserError
@@ -182,6 +182,8 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
                            resumed=start > 0, quiet=quiet, enabled=jax.process_index() == 0)
     preemption = checkpoint.install_signal_handlers()
     meter = Throughput()
+    profiler = profiling.StepProfiler(t.profile_steps, t.profile_dir or run.workdir / "profile",
+                                      enabled=jax.process_index() == 0)
     last: dict[str, float] = {}
     pending = None  # (step, device metrics, batch length) not yet read by the host
 
@@ -197,6 +199,7 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
             if rates:
                 values["train/steps_per_s"] = rates.steps
                 values["train/tokens_per_s"] = rates.tokens
+                values["train/tflops_per_s"] = rates.flops / 1e12  # model FLOPs, all devices
                 if peak:
                     values["train/mfu"] = rates.flops / (peak * jax.device_count())
             writer.write(s, values)
@@ -208,9 +211,16 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
             writer.write(0, evaluate(state.params))
         # Batches are placed on the devices two steps ahead: transfers overlap the steps.
         batches = sharding.DevicePrefetch(run.train_iter, run.mesh, size=2)
+        started = time.perf_counter()
         for s in range(start + 1, t.steps + 1):
             host_batch, batch = next(batches)
+            profiler.before_step(s, state)
             state, metrics = train_step(state, batch)
+            if s == start + 1:  # the first call traces and compiles: time it apart
+                jax.block_until_ready(metrics)
+                last["train/first_step_s"] = time.perf_counter() - started
+            profiler.after_step(s, state, functools.partial(
+                profiling.hlo_text, train_step, state, batch))
             if pending:
                 read(pending)
             pending = (s, metrics, host_batch["inputs"].shape[-1])
@@ -229,6 +239,7 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
                 meter.reset()
             if stop:
                 break
+    profiler.close()
     ckpt.wait()
     writer.close()
     final_step = int(jax.device_get(state.step))

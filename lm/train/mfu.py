@@ -4,9 +4,17 @@ FLOPs per token follow PaLM (Chowdhery et al. 2022, appendix B): 6·N for the ma
 forward + backward over the N parameters that multiply (embedding lookups do not), plus
 12·L·D·T for attention scores and their weighted sum (L layers, D = heads·head_dim, T the
 sequence length). Rematerialisation is not counted: that is what makes it *model* FLOPs.
+
+The peak of an accelerator comes from its data sheet (PEAK_FLOPS); a CPU's is the best matmul
+rate measured on the machine, cached across runs (`cached_cpu_peak`); `LM_PEAK_FLOPS=<FLOP/s>`
+overrides both.
 """
 
 import functools
+import json
+import os
+import pathlib
+import platform
 import time
 from typing import Any
 
@@ -33,18 +41,36 @@ PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
 
 # Parameter collections that are looked up, not multiplied: no matmul FLOPs.
 _LOOKUP_TABLES = ("pos_embed", "type_embed", "rel_bias")
+# BERT's heads on the pooled [CLS] vector: one row per sequence, not per token.
+_PER_SEQUENCE = ("pooler", "nsp", "classifier")
+
+
+def _count(params: Any, keep) -> int:
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if keep({str(getattr(k, "key", "")) for k in path}):
+            total += int(np.prod(leaf.shape))
+    return total
 
 
 def matmul_params(params: Any, *, tie_embeddings: bool) -> int:
-    """Parameters taking part in matmuls: all but position/type/relative-bias tables, and the
-    input token embedding unless it doubles as the (tied) output projection."""
-    lookups = _LOOKUP_TABLES + (() if tie_embeddings else ("token_embed",))
-    total = 0
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        keys = {str(getattr(k, "key", "")) for k in path}
-        if not keys.intersection(lookups):
-            total += int(np.prod(leaf.shape))
-    return total
+    """Parameters multiplied at every token: all but position/type/relative-bias tables and
+    the per-sequence heads, and the token embedding only when `tie_embeddings` (it is then
+    also the output projection: GPT, T5, BERT's MLM head)."""
+    excluded = _LOOKUP_TABLES + _PER_SEQUENCE + (() if tie_embeddings else ("token_embed",))
+    return _count(params, lambda keys: not keys.intersection(excluded))
+
+
+def per_sequence_params(params: Any) -> int:
+    """Parameters of the heads that multiply one pooled vector per sequence."""
+    return _count(params, lambda keys: bool(keys.intersection(_PER_SEQUENCE)))
+
+
+def embedding_is_output(model_cfg: Any) -> bool:
+    """Whether the token embedding also projects to the vocabulary: tied, and a vocabulary
+    head runs (BERT finetuned for classification, heads=(), only looks tokens up)."""
+    has_vocab_head = model_cfg.family != "bert" or "mlm" in model_cfg.heads
+    return model_cfg.tie_embeddings and has_vocab_head
 
 
 def flops_per_token(n_matmul_params: int, *, num_layers: int, attn_width: int, seq_len: int
@@ -57,31 +83,78 @@ def model_flops_per_token(model_cfg: Any, params: Any, seq_len: int) -> float:
     """Training FLOPs per input token of a model; encoder-decoders count both stacks at the
     encoder length, an upper bound (the decoder of span corruption sees ~1/4 of the tokens)."""
     layers = model_cfg.num_layers + (model_cfg.decoder_layers if model_cfg.family == "t5" else 0)
-    return flops_per_token(matmul_params(params, tie_embeddings=model_cfg.tie_embeddings),
-                           num_layers=layers,
-                           attn_width=model_cfg.num_heads * model_cfg.dim_per_head,
-                           seq_len=seq_len)
+    per_token = flops_per_token(
+        matmul_params(params, tie_embeddings=embedding_is_output(model_cfg)), num_layers=layers,
+        attn_width=model_cfg.num_heads * model_cfg.dim_per_head, seq_len=seq_len)
+    return per_token + 6.0 * per_sequence_params(params) / seq_len
 
 
-@functools.cache
-def cpu_matmul_peak(n: int = 1024, reps: int = 5) -> float:
-    """Measured float32 matmul FLOP/s on this host's CPU (best of a few runs; once per process)."""
+def cpu_matmul_peak(n: int = 1024, seconds: float = 1.0) -> float:
+    """Measured float32 matmul FLOP/s of this host's CPU: the best of as many n×n products as
+    fit in about `seconds` (other processes only ever slow a run down, so the best is the
+    least disturbed one)."""
     x = jnp.ones((n, n), jnp.float32)
     matmul = jax.jit(lambda a: a @ a)
     matmul(x).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
+    best, deadline, runs = float("inf"), time.perf_counter() + seconds, 0
+    while runs < 5 or time.perf_counter() < deadline:
         start = time.perf_counter()
         matmul(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
+        best, runs = min(best, time.perf_counter() - start), runs + 1
     return 2.0 * n**3 / best
+
+
+def _cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_file() -> pathlib.Path:
+    root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(root) / "lm" / "cpu_peak_flops.json"
+
+
+def cached_cpu_peak(seconds: float = 0.25) -> tuple[float, str]:
+    """(FLOP/s, where it came from): the best float32 matmul rate ever measured on this
+    machine (CPU model, core count, jax version), kept in ~/.cache/lm. Each run measures
+    briefly and only ever raises the cached value, so MFU does not fall with the load of the
+    moment a run starts; a machine that got slower needs its cache file deleted."""
+    key = f"{_cpu_name()} x{os.cpu_count()} jax {jax.__version__}"
+    path = _cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    measured = cpu_matmul_peak(seconds=seconds)
+    if measured <= cache.get(key, 0.0):
+        return float(cache[key]), f"the best measured on this CPU, cached in {path}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**cache, key: measured}, indent=1) + "\n")
+        return measured, f"measured now (the best yet on this CPU), cached in {path}"
+    except OSError:
+        return measured, "measured now (not cached: the cache is not writable)"
+
+
+@functools.cache
+def peak_flops_and_source(device: jax.Device, dtype: str) -> tuple[float | None, str]:
+    """(peak FLOP/s of one device for compute in `dtype`, where it comes from); None for an
+    unknown accelerator. `LM_PEAK_FLOPS` overrides."""
+    if os.environ.get("LM_PEAK_FLOPS"):
+        return float(os.environ["LM_PEAK_FLOPS"]), "LM_PEAK_FLOPS"
+    if device.platform == "cpu":
+        return cached_cpu_peak()
+    for key, peaks in PEAK_FLOPS:
+        if key.lower() in device.device_kind.lower():
+            return peaks.get(dtype, peaks["float32"]), f"data sheet ({device.device_kind})"
+    return None, f"unknown device {device.device_kind!r}: set LM_PEAK_FLOPS"
 
 
 def peak_flops(device: jax.Device, dtype: str) -> float | None:
     """Peak FLOP/s of one device for compute in `dtype`; None for an unknown accelerator."""
-    if device.platform == "cpu":
-        return cpu_matmul_peak()
-    for key, peaks in PEAK_FLOPS:
-        if key.lower() in device.device_kind.lower():
-            return peaks.get(dtype, peaks["float32"])
-    return None
+    return peak_flops_and_source(device, dtype)[0]

@@ -1,0 +1,110 @@
+"""The speed-motivated code paths compute what the plain ones do: values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm.models import build, model_config
+
+V, B, T = 97, 2, 8
+
+
+def _inputs(cfg):
+    toks = jax.random.randint(jax.random.key(0), (B, T), 1, V)
+    if cfg.family == "t5":
+        return toks, jax.random.randint(jax.random.key(1), (B, T - 2), 1, V)
+    return (toks,)
+
+
+def _loss_and_grads(cfg, params):
+    def loss(p):
+        out = build(cfg).apply({"params": p}, *_inputs(cfg))
+        logits = out["mlm_logits"] if isinstance(out, dict) else out
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 3] * jnp.arange(logits.shape[-1])[3])
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def _params(cfg):
+    return jax.jit(lambda k: nn.unbox(build(cfg).init(k, *_inputs(cfg)))["params"])(
+        jax.random.key(0))
+
+
+@pytest.mark.parametrize("family", ["gpt", "t5"])  # T5: cross-attention, relative bias
+def test_unrolled_scan_equals_the_scan_loop(family):
+    cfg = model_config(family, "tiny", vocab_size=V, num_layers=3, dropout_rate=0.0)
+    params = _params(cfg)
+    unrolled = cfg.replace(scan_unroll=3)
+    # The same parameter tree, and the same values and gradients from it.
+    shapes = lambda c: jax.eval_shape(lambda: _params(c))
+    assert shapes(unrolled) == shapes(cfg)
+    (want, want_grads), (got, got_grads) = (_loss_and_grads(c, params) for c in (cfg, unrolled))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_scan_unroll_must_be_positive():
+    with pytest.raises(ValueError, match="scan_unroll"):
+        model_config("gpt", "tiny", scan_unroll=0)
+
+
+def _attention_formula(q, k, v, mask, bias, scale):
+    """The plain formula in jnp (float64 under enable_x64): what autodiff differentiates."""
+    G = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2)
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k) * scale + bias
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, axis=-1), v)
+
+
+@pytest.mark.parametrize("num_kv_heads", [4, 2])  # multi-head, grouped-query
+@pytest.mark.parametrize("bias_batch", [1, 2])  # T5's shared bias, and one per example
+def test_attention_gradients_equal_autodiff_of_the_formula_in_float64(num_kv_heads, bias_batch):
+    from lm.nn import attention as A
+
+    B, T, S, N, H = 2, 5, 7, 4, 8
+    rng = np.random.default_rng(0)
+    q, g = (rng.normal(size=(B, T, N, H)).astype(np.float32) for _ in range(2))
+    k, v = (rng.normal(size=(B, S, num_kv_heads, H)).astype(np.float32) for _ in range(2))
+    bias = rng.normal(size=(bias_batch, N, T, S)).astype(np.float32)
+    causal = A.causal_mask(jnp.arange(T)[None] + S - T, jnp.arange(S)[None])  # last T of S
+    mask = np.broadcast_to(np.asarray(causal), (B, 1, T, S)).copy()
+    mask[1, :, :, -2:] = False  # example 1 has two padding keys
+    mask[0, 0, 1] = False  # one query of example 0 sees no key at all
+    args = (q, k, v, bias)
+    got = jax.jit(lambda *a: jax.vjp(
+        lambda q, k, v, b: A.attention(q, k, v, mask=mask, bias=b, scale=0.3), *a)[1](g))(*args)
+    with jax.enable_x64(True):
+        a64 = [jnp.asarray(x, jnp.float64) for x in (*args, g)]
+        want = jax.vjp(lambda q, k, v, b: _attention_formula(q, k, v, mask, b, 0.3),
+                       *a64[:4])[1](a64[4])
+    for name, x, y in zip(("dq", "dk", "dv", "dbias"), got, want, strict=True):
+        assert x.shape == y.shape, name
+        np.testing.assert_allclose(x, np.asarray(y), atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_layer_norm_module_equals_flax_layer_norm(use_bias):
+    """Same params (names, shapes, init) and the same values and gradients."""
+    from lm.nn.layers import LayerNorm
+
+    cfg = model_config("gpt", "tiny", use_bias=use_bias, norm_eps=1e-5)
+    ours = LayerNorm(cfg)
+    flax_ln = nn.LayerNorm(epsilon=1e-5, use_bias=use_bias, use_fast_variance=False)
+    x = jax.random.normal(jax.random.key(0), (2, 3, cfg.d_model)) * 3 + 1
+    params = nn.unbox(ours.init(jax.random.key(1), x))
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, flax_ln.init(jax.random.key(1), x))
+    params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+
+    def loss(module, p, x):
+        return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    for got, want in zip(jax.value_and_grad(lambda p, x: loss(ours, p, x), (0, 1))(params, x),
+                         jax.value_and_grad(lambda p, x: loss(flax_ln, p, x), (0, 1))(params, x),
+                         strict=True):
+        for u, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(u, w, rtol=1e-5, atol=1e-5)
