@@ -31,6 +31,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         activation="gelu_tanh",
         use_bias=True,
         tie_embeddings=True,
+        init="gpt2",
     ),
     "bert": dict(
         vocab_size=30522,
@@ -56,6 +57,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         use_bias=False,
         tie_embeddings=True,
         scale_attention=False,
+        init="t5",
     ),
 }
 

@@ -113,7 +113,9 @@ class RelativePositionBias(nn.Module):
             num_buckets=cfg.rel_buckets,
             max_distance=cfg.rel_max_distance,
         )
-        init = param_init(nn.initializers.normal(cfg.init_std), ("rel_buckets", "heads"))
+        # Mesh TF / HF T5: N(0, d_model^-1/2); the plain scheme's std otherwise.
+        std = cfg.d_model**-0.5 if cfg.init == "t5" else cfg.init_std
+        init = param_init(nn.initializers.normal(std), ("rel_buckets", "heads"))
         table = self.param("embedding", init, (cfg.rel_buckets, cfg.num_heads), jnp.float32)
         bias_BxTxSxN = jnp.take(table, bucket_BxTxS, axis=0)
         return jnp.transpose(bias_BxTxSxN, (0, 3, 1, 2))
@@ -289,7 +291,8 @@ class MultiHeadAttention(nn.Module):
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
         )
         out_BxTxNxH = constrain(out_BxTxNxH, ("batch", "length", "heads", "head_dim"))
-        out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", in_axes=2)
+        out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", in_axes=2,
+                    role="residual")
         out_BxTxD = out(out_BxTxNxH)
         return constrain(out_BxTxD, ("batch", "length", "embed"))
 
@@ -300,8 +303,8 @@ class MultiHeadAttention(nn.Module):
         whole): three 128-wide products cost XLA:CPU more than one 384-wide one."""
         cfg, H = self.cfg, self.cfg.dim_per_head
         axes = ("embed", head_axis, "head_dim")
-        weights = [dense(cfg, (heads, H), axes, name).weights(x_BxTxD.shape[-1:])
-                   for name in names]
+        weights = [dense(cfg, (heads, H), axes, name, role="query" if name == "query" else "")
+                   .weights(x_BxTxD.shape[-1:]) for name in names]
         kernel_DxNxCH = jnp.concatenate([kernel for kernel, _ in weights], axis=2)
         y_BxTxNxCH = matmul_2d(x_BxTxD.astype(cfg.dtype), kernel_DxNxCH, 1)
         if weights[0][1] is not None:

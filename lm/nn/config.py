@@ -17,6 +17,10 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("xla", "dot", "cudnn")
 BERT_HEADS = ("mlm", "nsp")
+# How parameters start (lm.nn.layers.init_std): 'normal' N(0, init_std) everywhere (BERT);
+# 'gpt2' also scales the projections into the residual stream by 1/sqrt(2 L) (GPT-2,
+# nanoGPT); 't5' fan-in scaled normals, embeddings N(0, 1) (Mesh TF T5, HF).
+INITS = ("normal", "gpt2", "t5")
 # 'none' = no rematerialisation, 'full' = save nothing (recompute the whole block); any
 # other name is a `jax.checkpoint_policies` attribute that takes no arguments.
 REMAT_POLICIES = (
@@ -57,6 +61,7 @@ class ModelConfig:
     # Divide attention logits by sqrt(head_dim). T5 does not (it folds it into its init).
     scale_attention: bool = True
     init_std: float = 0.02
+    init: str = "normal"  # INITS
     type_vocab_size: int = 2  # bert
     num_labels: int = 0  # bert classification head: 0 = none, 1 = regression
     heads: tuple[str, ...] = ()  # bert pretraining heads, subset of ('mlm', 'nsp')
@@ -110,6 +115,7 @@ def _validate(cfg: ModelConfig) -> None:
         ("dtype", DTYPES),
         ("attention_impl", ATTENTION_IMPLS),
         ("remat_policy", REMAT_POLICIES),
+        ("init", INITS),
     ]:
         check_choice(name, getattr(cfg, name), choices)
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len",

@@ -38,6 +38,23 @@ def matmul_2d(x: jax.Array, kernel: jax.Array, in_axes: int) -> jax.Array:
     return y_RxO.reshape(*lead, *out)
 
 
+def init_std(cfg: ModelConfig, fan_in: int | None = None, role: str = "") -> float:
+    """The standard deviation a parameter starts from, by `cfg.init` (lm.nn.config.INITS).
+
+    `fan_in` is a kernel's input size (None: an embedding table); `role` is 'residual' for a
+    projection into the residual stream (attention out, MLP wo) and 'query' for the
+    attention query: T5 does not divide its logits by sqrt(head_dim), it starts the query
+    that much smaller instead.
+    """
+    if cfg.init == "t5":
+        if fan_in is None:
+            return 1.0
+        return fan_in**-0.5 * (cfg.dim_per_head**-0.5 if role == "query" else 1.0)
+    if cfg.init == "gpt2" and role == "residual":
+        return cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    return cfg.init_std
+
+
 class Dense(nn.Module):
     """Contract the last `in_axes` axes of x with a kernel (in axes..., out axes...).
 
@@ -50,12 +67,14 @@ class Dense(nn.Module):
     names: tuple[str | None, ...]  # the kernel's input then output axes
     in_axes: int = 1
     use_bias: bool = True
+    role: str = ""  # 'query' | 'residual' | '': how it starts (init_std)
 
     @nn.compact
     def weights(self, in_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array | None]:
         """(kernel in_shape + features, bias features or None) in the compute dtype."""
         cfg = self.cfg
-        init = param_init(nn.initializers.normal(cfg.init_std), self.names)
+        std = init_std(cfg, math.prod(in_shape), self.role)
+        init = param_init(nn.initializers.normal(std), self.names)
         kernel = self.param("kernel", init, tuple(in_shape) + self.features, jnp.float32)
         bias = None
         if self.use_bias:
@@ -77,11 +96,14 @@ def dense(
     *,
     in_axes: int = 1,
     use_bias: bool | None = None,
+    role: str = "",
 ) -> Dense:
-    """A Dense layer to `features` (an int, or output axes such as (N, H))."""
+    """A Dense layer to `features` (an int, or output axes such as (N, H)); `role` sets how
+    its kernel starts (init_std)."""
     features = (features,) if isinstance(features, int) else tuple(features)
     use_bias = cfg.use_bias if use_bias is None else use_bias
-    return Dense(cfg, features, tuple(names), in_axes=in_axes, use_bias=use_bias, name=name)
+    return Dense(cfg, features, tuple(names), in_axes=in_axes, use_bias=use_bias, role=role,
+                 name=name)
 
 
 def embed(cfg: ModelConfig, num: int, names: Sequence[str], name: str) -> nn.Embed:
@@ -91,7 +113,7 @@ def embed(cfg: ModelConfig, num: int, names: Sequence[str], name: str) -> nn.Emb
         cfg.d_model,
         dtype=cfg.dtype,
         param_dtype=jnp.float32,
-        embedding_init=param_init(nn.initializers.normal(cfg.init_std), names),
+        embedding_init=param_init(nn.initializers.normal(init_std(cfg)), names),
         name=name,
     )
 
@@ -133,7 +155,7 @@ class Mlp(nn.Module):
         if cfg.gated:
             h_BxTxF = h_BxTxF * dense(cfg, cfg.d_ff, ("embed", "mlp"), "wi_linear")(x_BxTxD)
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
-        return dense(cfg, cfg.d_model, ("mlp", "embed"), "wo")(h_BxTxF)
+        return dense(cfg, cfg.d_model, ("mlp", "embed"), "wo", role="residual")(h_BxTxF)
 
 
 def logits(x_BxTxD: jax.Array, table_VxD: jax.Array, dtype: str) -> jax.Array:
@@ -154,6 +176,6 @@ class LMHead(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        init = param_init(nn.initializers.normal(self.cfg.init_std), ("embed", "vocab"))
+        init = param_init(nn.initializers.normal(init_std(self.cfg)), ("embed", "vocab"))
         kernel_DxV = self.param("kernel", init, (self.cfg.d_model, self.cfg.vocab_size))
         return logits(x_BxTxD, kernel_DxV.T, self.cfg.dtype)

@@ -35,7 +35,7 @@ from lm.nn.config import ModelConfig
 # they change neither the pretrained parameters' shapes nor what they compute.
 FREE_FIELDS = frozenset({
     "num_labels", "heads", "dropout_rate", "attention_dropout_rate", "dtype",
-    "attention_impl", "scan_layers", "remat_policy", "init_std",
+    "attention_impl", "scan_layers", "scan_unroll", "remat_policy", "init_std", "init",
 })
 # Parameter subtrees that a finetuned model initialises anew.
 FRESH = frozenset({"classifier"})
