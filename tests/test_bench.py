@@ -58,4 +58,4 @@ def test_bench_on_synthetic_data_needs_no_corpus(capsys):
     bench.main(["bench", "--config", "experiments/bert_mlm_nsp.py:tiny", "--steps", "10",
                 "--config.data.source=synthetic", "--config.train.batch_size=4",
                 "--config.data.seq_len=32", "--config.model.num_layers=1"])
-    assert "steps_per_s=" in capsys.readouterr().out
+    assert "steps/s=" in capsys.readouterr().out

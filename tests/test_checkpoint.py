@@ -32,7 +32,8 @@ TINY = {
     "train.warmup_steps": "2", "train.log_every": "1", "train.eval_every": "3",
     "train.eval_steps": "1", "train.eval_at_start": "False", "train.checkpoint_every": "3",
 }
-TIMING_KEYS = {"train/steps_per_s", "train/tokens_per_s", "train/mfu"}  # wall-clock, not state
+TIMING_KEYS = {"train/steps_per_s", "train/tokens_per_s", "train/tflops_per_s", "train/mfu",
+               "train/first_step_s"}  # wall-clock, not state
 
 
 def _config(**overrides: str):

@@ -28,7 +28,8 @@ TINY = {
     "train.eval_every": "10", "train.eval_steps": "1", "train.eval_at_start": "False",
     "train.checkpoint_every": "5", "train.keep_checkpoints": "2", "train.best_mode": "max",
 }
-TIMING_KEYS = {"train/steps_per_s", "train/tokens_per_s", "train/mfu"}
+TIMING_KEYS = {"train/steps_per_s", "train/tokens_per_s", "train/tflops_per_s", "train/mfu",
+               "train/first_step_s"}
 
 
 def _config(**overrides: str):
