@@ -135,3 +135,13 @@ def test_relative_position_bucket_matches_hugging_face(bidirectional, num_bucket
         max_distance=max_distance,
     )
     np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_cudnn_falls_back_to_the_same_math_off_gpu():
+    """attention_impl='cudnn' runs where there is no cuDNN (this CPU) with the same result."""
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 6, 4, 8)), jnp.float32) for _ in range(3))
+    mask = A.causal_mask(jnp.arange(6)[None], jnp.arange(6)[None])
+    want = A.attention(q, k, v, mask=mask, scale=8**-0.5, impl="xla")
+    got = A.attention(q, k, v, mask=mask, scale=8**-0.5, impl="cudnn")
+    np.testing.assert_allclose(got, want, atol=1e-5)

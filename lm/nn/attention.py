@@ -12,6 +12,7 @@ a model, then passed down; an additive bias (T5 relative positions) is (B|1, N, 
 from __future__ import annotations
 
 import functools
+import functools
 import math
 
 import flax.linen as nn
@@ -211,7 +212,8 @@ def attention(
     """Softmax(q k^T * scale + bias, masked) v, with K kv heads shared by G = N/K query heads.
 
     impl 'xla': einsum + float32 softmax (supports attention dropout);
-    'dot': `jax.nn.dot_product_attention` (XLA); 'cudnn': its fused cuDNN kernel (GPU).
+    'dot': `jax.nn.dot_product_attention` (XLA); 'cudnn': its fused cuDNN kernel on an NVIDIA
+    GPU, the same function through XLA elsewhere (so a GPU config runs, and is tested, on CPU).
     dropout_rng=None means no attention dropout.
     """
     N, K = q_BxTxNxH.shape[2], k_BxSxKxH.shape[2]
@@ -237,8 +239,13 @@ def attention(
         bias=bias,
         mask=mask,
         scale=scale,
-        implementation=None if impl == "dot" else "cudnn",
+        implementation="cudnn" if impl == "cudnn" and _on_gpu() else None,
     )
+
+
+@functools.cache
+def _on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
 
 
 # ----------------------------------------------------------------------------- the module
