@@ -31,7 +31,7 @@ if [ "$mode" = prepare ]; then
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
     grain==0.2.18 array-record==0.8.6 portpicker ml_collections==1.1.0 tensorboardX==2.6.5
-  rm -rf .gpu/nanoGPT && cp -r ../shared/anchors/nanoGPT .gpu/nanoGPT
+  rm -rf .gpu/nanoGPT && cp -r ../shared/anchors/nanoGPT .gpu/nanoGPT && chmod -R u+w .gpu
   cp ../shared/data/tinyshakespeare/input.txt .gpu/nanoGPT/data/shakespeare_char/input.txt
   ls -la .whl .gpu
   exit 0
@@ -93,7 +93,7 @@ if [ "$quick" = 0 ]; then
   echo "lm baby: wall $(python3 -c "import time; print(f'{time.time() - $start:.1f}')") s," \
     "$(grep -o "'eval/loss': [0-9.]*" "$out/baby_lm.log" | tail -1)" | tee "$out/baby.txt"
   if [ -d .gpu/nanoGPT ]; then
-    work=$(mktemp -d) && cp -r .gpu/nanoGPT/. "$work/" && cd "$work"
+    work=$(mktemp -d) && cp -r .gpu/nanoGPT/. "$work/" && chmod -R u+w "$work" && cd "$work"
     python3 data/shakespeare_char/prepare.py > /dev/null
     start=$(date +%s.%N)
     timeout 300 python3 train.py config/train_shakespeare_char.py > "$out/baby_nanogpt.log" 2>&1 \
@@ -106,13 +106,14 @@ fi
 
 python3 - "$out" <<'PY'
 import json, pathlib, sys
-rows = []
+cell = lambda v, fmt: "n/a" if v is None else format(v, fmt)
+print("| run | batch | attention | remat | ms/step | tokens/s | TFLOP/s | MFU | first step s "
+      "| peak GB |\n|---|---|---|---|---|---|---|---|---|---|")
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     r = json.loads(path.read_text())
-    rows.append(f"| {path.stem} | {r.get('ms_per_step', 0):.1f} | {r.get('tokens_per_s', 0):,.0f} "
-                f"| {r.get('tflops_per_s', 0):.1f} | {r.get('mfu', 0):.3f} "
-                f"| {r.get('compile_s', 0):.1f} | {r.get('peak_memory_gb', 0):.1f} |")
-print("| run | ms/step | tokens/s | TFLOP/s | MFU | compile s | peak GB |\n|---|---|---|---|---|---|---|")
-print("\n".join(rows))
+    print(f"| {path.stem} | {r['batch_size']} | {r['attention_impl']} | {r['remat_policy']} "
+          f"| {cell(r['ms_per_step'], '.1f')} | {cell(r['tokens_per_s'], ',.0f')} "
+          f"| {cell(r['tflops_per_s'], '.1f')} | {cell(r['mfu'], '.3f')} "
+          f"| {cell(r['compile_s'], '.1f')} | {cell(r['peak_memory_gb'], '.1f')} |")
 PY
 echo "total $(( $(date +%s) - started )) s"
