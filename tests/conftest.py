@@ -90,3 +90,22 @@ def gpt2_tokenizer_dir(tmp_path_factory) -> str:
     transformers.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=end,
                                    bos_token=end, unk_token=end).save_pretrained(directory)
     return str(directory)
+
+
+# A 1-layer char GPT on tiny Shakespeare: `lm train` flags of the tests that need a run.
+TINY_GPT = ["--config.model.num_layers=1", "--config.model.d_model=32", "--config.model.d_ff=64",
+            "--config.model.num_heads=2", "--config.data.seq_len=16",
+            "--config.train.batch_size=4", "--config.train.eval_steps=1", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_run(tmp_path_factory) -> pathlib.Path:
+    """A finished 20-step run of the tiny char GPT (lr 1e-2: it has learned a little)."""
+    from lm.__main__ import main
+
+    workdir = tmp_path_factory.mktemp("shakespeare")
+    main(["lm", "train", "--config",
+          f"{pathlib.Path(__file__).resolve().parent.parent}/experiments/gpt_shakespeare_char.py:cpu",
+          "--workdir", str(workdir), *TINY_GPT, "--config.train.steps=20",
+          "--config.train.lr=1e-2"])
+    return workdir

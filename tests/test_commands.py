@@ -13,18 +13,6 @@ from lm.commands import classify_texts
 from lm.train import saved
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TINY = ["--config.model.num_layers=1", "--config.model.d_model=32", "--config.model.d_ff=64",
-        "--config.model.num_heads=2", "--config.data.seq_len=16", "--config.train.batch_size=4",
-        "--config.train.steps=20", "--config.train.eval_steps=1", "--config.train.lr=1e-2",
-        "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def shakespeare_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("shakespeare")
-    main(["lm", "train", "--config", f"{REPO}/experiments/gpt_shakespeare_char.py:cpu",
-          "--workdir", str(workdir), *TINY])
-    return workdir
 
 
 def test_greedy_sample_is_the_argmax_of_a_full_forward_at_each_step(shakespeare_run, capsys):
