@@ -12,7 +12,6 @@ a model, then passed down; an additive bias (T5 relative positions) is (B|1, N, 
 from __future__ import annotations
 
 import functools
-import functools
 import math
 
 import flax.linen as nn

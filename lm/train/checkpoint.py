@@ -15,6 +15,7 @@ A checkpoint damaged later (a truncated file, a disk error) is moved to
 save are written with it, so the best checkpoint survives restarts.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -102,6 +103,20 @@ class ProcessJsonRestore(ocp.args.CheckpointArgs):
     pass
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax warns through absl about what lm does on purpose (a read-only manager; a save
+    between evaluations, without metrics): keep those out of the user's log."""
+    from absl import logging as absl_logging
+
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(old)
+
+
 def _key_name(key: Any) -> str:
     """One pytree path entry as orbax names it (dict key, attribute or index)."""
     for attr in ("key", "name", "idx"):
@@ -165,19 +180,20 @@ class Checkpointer:
             policies.append(checkpoint_managers.BestN(
                 get_metric_fn=metric_fn, reverse=best_mode == "min", n=1,
                 keep_checkpoints_without_metrics=False))
-        options = ocp.CheckpointManagerOptions(
-            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-            # best_fn makes orbax write each save's metrics next to it (and read them back
-            # after a restart): without it the best checkpoint is forgotten on resume.
-            best_fn=metric_fn, best_mode=best_mode,
-            enable_async_checkpointing=True,
-            cleanup_tmp_directories=not read_only,  # leftovers of a save that was killed
-            read_only=read_only, create=not read_only,
-        )
-        handlers = dict(state=ocp.StandardCheckpointHandler(), data=ProcessJsonHandler(),
-                        config=ocp.JsonCheckpointHandler())  # known up front: item_metadata
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_handlers=handlers)
+        with _quiet_orbax():
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+                # best_fn makes orbax write each save's metrics next to it (and read them back
+                # after a restart): without it the best checkpoint is forgotten on resume.
+                best_fn=metric_fn, best_mode=best_mode,
+                enable_async_checkpointing=True,
+                cleanup_tmp_directories=not read_only,  # leftovers of a save that was killed
+                read_only=read_only, create=not read_only,
+            )
+            handlers = dict(state=ocp.StandardCheckpointHandler(), data=ProcessJsonHandler(),
+                            config=ocp.JsonCheckpointHandler())  # known up front: item_metadata
+            self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                                  item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         """The step of the newest completed checkpoint, or None."""
@@ -217,7 +233,8 @@ class Checkpointer:
             config=ocp.args.JsonSave(self.config),
         )
         try:
-            return self._manager.save(step, args=args, metrics=metrics, force=True)
+            with _quiet_orbax():
+                return self._manager.save(step, args=args, metrics=metrics, force=True)
         except OSError as e:  # a previous async save that failed surfaces here
             raise self._save_error(step, e) from e
 
