@@ -16,7 +16,6 @@ end-of-sequence: every row makes all `--new_tokens`. Timed after a compiling cal
 
 import argparse
 import dataclasses
-import importlib.util
 import platform
 import time
 
@@ -24,17 +23,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm import config as config_lib
 from lm.generate import generate
 from lm.models import ModelConfig, build
 
 
 def experiment_model(spec: str) -> ModelConfig:
     """`path.py:arg` -> the experiment's ModelConfig (its `get_config(arg).model`)."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("experiment", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return ModelConfig(**module.get_config(arg or None).model)
+    return ModelConfig(**config_lib.load(spec).model)
 
 
 def tokens_per_second(cfg: ModelConfig, batch: int, new_tokens: int, use_cache: bool,
