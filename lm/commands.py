@@ -100,7 +100,8 @@ def fill_mask(argv: list[str]) -> None:
         print(text)
         for k, predictions in enumerate(inference.fill_mask(model, params, tokenizer, text,
                                                             args.top_k)):
-            shown = "  ".join(f"{token!r} {prob:.3f}" for token, prob, _ in predictions)
+            # A sentencepiece word start alone ("▁") decodes to '': show the piece instead.
+            shown = "  ".join(f"{token or '▁'!r} {prob:.3f}" for token, prob, _ in predictions)
             print(f"  mask {k + 1}: {shown}")
 
 

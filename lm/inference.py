@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from lm.data.tokenizers import Tokenizer, hf_tokenizer
+from lm.errors import UserError
 from lm.generate import generate
 
 
@@ -74,10 +75,10 @@ def _model_input(model: nn.Module, tokenizer: Tokenizer, ids: list[int]) -> list
     if model.cfg.family == "t5":  # T5 inputs end with </s>, as in training
         return ids + ([tokenizer.eos_id] if tokenizer.eos_id is not None else [])
     if model.cfg.family != "gpt":
-        raise ValueError(f"sampling needs a GPT or a T5, not family {model.cfg.family!r}")
+        raise UserError(f"sampling needs a GPT or a T5, not family {model.cfg.family!r}")
     if not ids:
         if tokenizer.eos_id is None:
-            raise ValueError("an empty prompt starts from end-of-sequence: this tokenizer "
+            raise UserError("an empty prompt starts from end-of-sequence: this tokenizer "
                              "has none, so give a prompt")
         return [tokenizer.eos_id]
     return ids
@@ -112,11 +113,15 @@ def fill_mask(model: nn.Module, params: Any, tokenizer: Tokenizer, text: str, to
     from a BERT's MLM head: one list per mask, most probable first."""
     tokenizer.require("mask_id", "cls_id", "sep_id")
     if "mlm" not in model.cfg.heads:
-        raise ValueError(f"fill_mask needs a BERT with an MLM head, not heads={model.cfg.heads}")
+        raise UserError(
+            f"fill_mask needs a BERT with an MLM head; this model has heads={model.cfg.heads} "
+            "(sentence-embedding checkpoints such as all-MiniLM-L6-v2 ship none): use a "
+            "BertForMaskedLM / BertForPreTraining directory or a bert_mlm_nsp run")
     ids = [tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id]
     where = [k for k, i in enumerate(ids) if i == tokenizer.mask_id]
     if not where:
-        raise ValueError(f"no mask symbol (id {tokenizer.mask_id}) in {text!r}")
+        raise UserError(f"no mask symbol (token id {tokenizer.mask_id}; [MASK] for BERT) in "
+                        f"{text!r}")
     out = jax.jit(model.apply)({"params": params}, np.asarray([ids], np.int32))
     logits_MxV = np.asarray(out["mlm_logits"][0, np.asarray(where)], np.float64)
     probs_MxV = np.exp(logits_MxV - logits_MxV.max(-1, keepdims=True))
