@@ -11,7 +11,7 @@ another order.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 
@@ -25,20 +25,9 @@ from lm.errors import MissingFileError, UserError
 TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 
 
-@dataclasses.dataclass
-class TfdsRecords(Sequence):
-    records: Sequence[dict]
-    task: glue.GlueTask
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        r = self.records[i]
-        return {"texts": tuple(sources.as_str(r[k]) for k in self.task.texts),
-                "label": r["label"], "idx": int(r["idx"])}
+def _tfds_record(task: glue.GlueTask, r: dict) -> dict:
+    return {"texts": tuple(sources.as_str(r[k]) for k in task.texts), "label": r["label"],
+            "idx": int(r["idx"])}
 
 
 def _tsv_label(task: glue.GlueTask, value: str) -> int | float:
@@ -83,7 +72,8 @@ def records(cfg, split: str) -> Sequence[dict]:
         source = "tfds" if home.tfds_prepared(task.tfds_name, tfds_dir) else "tsv"
         tsv_dir = ""
     if source == "tfds":
-        return TfdsRecords(sources.tfds_records(task.tfds_name, split, tfds_dir), task)
+        return sources.Mapped(sources.tfds_records(task.tfds_name, split, tfds_dir),
+                              functools.partial(_tfds_record, task))
     if source == "tsv":
         files = {k: v for k, v in dict(cfg.files).items() if v}
         return _tsv_split(files, tsv_dir, task, split)

@@ -162,19 +162,12 @@ def texts(cfg, split: str) -> Sequence[str]:
         return sources.text_source(cfg, split)
     items = OBJECTIVES[cfg.objective][0](cfg, split)
     keys = ("texts",) if cfg.objective == "classification" else ("source", "target")
-    return _Texts(items, keys)
+    return sources.Mapped(items, functools.partial(_text_of, keys))
 
 
-class _Texts(Sequence):
-    def __init__(self, items: Sequence[dict], keys: tuple[str, ...]):
-        self.items, self.keys = items, keys
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> str:
-        parts = [self.items[i][k] for k in self.keys]
-        return "\n".join(p for part in parts for p in ((part,) if isinstance(part, str) else part))
+def _text_of(keys: tuple[str, ...], item: dict) -> str:
+    parts = [item[k] for k in keys]
+    return "\n".join(p for part in parts for p in ((part,) if isinstance(part, str) else part))
 
 
 # --------------------------------------------------------------------------- iterator

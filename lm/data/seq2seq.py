@@ -14,6 +14,7 @@ Records are {'source': str, 'target': str, 'idx': int} (GLUE ones keep their 'la
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -51,18 +52,9 @@ def label_of(task: glue.GlueTask, text: str) -> float:
     return float(task.words.index(text)) if text in task.words else -1.0
 
 
-class _GlueText(Sequence):
-    def __init__(self, records: Sequence[dict], task: glue.GlueTask):
-        self.records, self.task = records, task
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict:
-        r = self.records[i]
-        return {"source": glue_source(self.task, r["texts"]),
-                "target": glue_target(self.task, r["label"]), "label": r["label"],
-                "idx": r["idx"]}
+def _glue_text(task: glue.GlueTask, r: dict) -> dict:
+    return {"source": glue_source(task, r["texts"]), "target": glue_target(task, r["label"]),
+            "label": r["label"], "idx": r["idx"]}
 
 
 def _read_pairs(path: str, source_key: str, target_key: str) -> list[dict]:
@@ -103,7 +95,8 @@ def records(cfg, split: str) -> Sequence[dict]:
     if not cfg.task:
         raise UserError("objective 'seq2seq' reads GLUE tasks as text (set data.task) or "
                         "files of pairs (data.source='pairs' and data.files.<split>)")
-    return _GlueText(classification.records(cfg, split), glue.get(cfg.task))
+    return sources.Mapped(classification.records(cfg, split),
+                          functools.partial(_glue_text, glue.get(cfg.task)))
 
 
 def seq2seq_example(record: dict, tok: Tokenizer, seq_len: int, target_len: int

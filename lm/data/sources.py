@@ -11,12 +11,13 @@ from __future__ import annotations
 import bisect
 import csv
 import dataclasses
+import functools
 import glob
 import gzip
 import os
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,22 @@ class Slice(Sequence):
         return self.parent[self.start + i]
 
 
+@dataclasses.dataclass
+class Mapped(Sequence):
+    """`fn` of each item of a random-access sequence, computed when the item is read."""
+
+    items: Sequence
+    fn: Callable[[Any], Any]  # module-level (or a partial of one): grain may pickle it
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.fn(self.items[i])
+
+
 def apply_split(split: str, by_name: dict[str, Sequence]) -> Sequence:
     """Resolves a split expression over named, already built sequences."""
     parts = []
@@ -145,24 +162,12 @@ def tfds_records(name: str, split: str, data_dir: str | None = None) -> Sequence
                             download=False)
 
 
-@dataclasses.dataclass
-class Field(Sequence):
-    """One text feature of a record source, as `str`."""
-
-    records: Sequence[dict]
-    key: str
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> str:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        record = self.records[i]
-        if self.key not in record:
-            raise UserError(f"records have no text feature {self.key!r}; they have "
-                           f"{sorted(record)} (set data.text_key)")
-        return as_str(record[self.key])
+def field(key: str, record: dict) -> str:
+    """One text feature of a record, as `str` (see `Mapped`)."""
+    if key not in record:
+        raise UserError(f"records have no text feature {key!r}; they have {sorted(record)} "
+                        "(set data.text_key)")
+    return as_str(record[key])
 
 
 def as_str(x: Any) -> str:
@@ -354,7 +359,8 @@ def text_source(cfg, split: str) -> Sequence[str]:
 
 def _text_source(cfg, split: str) -> Sequence[str]:
     if cfg.source == "tfds":
-        return Field(tfds_records(cfg.name, split, cfg.data_dir), cfg.text_key)
+        return Mapped(tfds_records(cfg.name, split, cfg.data_dir),
+                      functools.partial(field, cfg.text_key))
     if cfg.source == "text":
         named = {name: TextFiles(local_files(cfg, name), cfg.doc_separator)
                  for name in {p[0] for p in parse_split(split)}}
