@@ -31,10 +31,11 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         names = ", ".join(COMMANDS)
         sys.exit(f"usage: python -m lm <command> [args]; commands: {names}")
-    from lm import malloc
+    from lm import compile_cache, malloc
     from lm.errors import UserError
 
     malloc.keep_freed_memory()  # before jax allocates anything: a CPU step without page faults
+    compile_cache.enable()  # before jax is imported: it reads the cache settings then
     module, _, function = COMMANDS[argv[1]].partition(":")
     command = getattr(importlib.import_module(module), function or "main")
     try:

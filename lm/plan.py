@@ -226,7 +226,9 @@ def plan(config, devices: list, *, devices_per_host: int, device_memory: int | N
                    layers=planner.model_cfg.num_layers, dtype=planner.model_cfg.dtype),
         batch=dict(rows=t.batch_size, seq_len=config.data.seq_len,
                    rows_per_device=t.batch_size // planner.batch_splits),
-        model_flops=mfu.model_flops_per_token(planner.model_cfg, shapes, config.data.seq_len)
+        model_flops=mfu.model_flops_per_token(
+            planner.model_cfg, shapes, config.data.seq_len,
+            mlm_slots=slots.shape[-1] if (slots := planner.batch.get("mlm_positions")) else None)
         * t.batch_size * config.data.seq_len,
         own=dataclasses.asdict(own), tried=[dataclasses.asdict(e) for e in tried],
         fit=dataclasses.asdict(fit) if fit else None,

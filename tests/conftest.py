@@ -8,12 +8,18 @@ need the whole datasets; they are skipped, naming the command that prepares them
 import functools
 import os
 import pathlib
+import tempfile
 
 import pytest
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "data"
 os.environ.setdefault("LM_DATA_DIR", str(FIXTURES))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `python -m lm` subprocesses share one compilation cache per test session (xdist workers
+# included), not the user's: tests never depend on what an earlier session compiled.
+os.environ.setdefault("LM_COMPILE_CACHE", os.path.join(
+    tempfile.gettempdir(),
+    f"lm-tests-jax-cache-{os.environ.get('PYTEST_XDIST_TESTRUNUID') or os.getpid()}"))
 DATA_HOME = pathlib.Path(os.environ["LM_DATA_DIR"])
 FULL_DATA = DATA_HOME.resolve() != FIXTURES
 

@@ -106,6 +106,27 @@ def test_mlm_statistics(sp, wiki_token_rows):
     assert abs(kept / chosen - 0.1) < 0.01
 
 
+@pytest.mark.parametrize("whole_word", [False, True])
+@pytest.mark.parametrize("max_predictions", [0, 20, 5])
+def test_mlm_positions_list_exactly_the_chosen_tokens(sp, wiki_token_rows, whole_word,
+                                                      max_predictions):
+    mlm_cfg = config.default_config().mlm
+    mlm_cfg.update(whole_word=whole_word, max_predictions=max_predictions)
+    slots = bert.prediction_slots(mlm_cfg, 128)
+    assert slots == (max_predictions or 20)  # ceil(0.15 * 128)
+    rng, filled = np.random.default_rng(2), []
+    for row in wiki_token_rows[:300]:
+        out = bert.masked({"inputs": row}, rng, sp, mlm_cfg)
+        positions, weights = out["mlm_positions"], out["mlm_weights"]
+        assert positions.shape == weights.shape == (slots,)
+        chosen = np.flatnonzero(out["weights"])
+        n = len(chosen)
+        np.testing.assert_array_equal(positions[:n], chosen)
+        assert (weights[:n] == 1).all() and (weights[n:] == 0).all() and (positions[n:] == 0).all()
+        filled.append(n)
+    assert max(filled) >= slots - 1  # the slots are (nearly) used up, never exceeded
+
+
 def test_whole_word_masking_takes_whole_words(sp, wiki_token_rows):
     rng = np.random.default_rng(1)
     for row in wiki_token_rows[:200]:

@@ -46,6 +46,19 @@ def test_mlm_bert_and_gpt_count_the_tied_embedding_as_their_output_projection():
     assert n - mfu.matmul_params(params, tie_embeddings=False) == table.size
 
 
+def test_mlm_head_counts_only_at_its_prediction_slots():
+    """With `mlm_positions` the MLM head (transform, norm, bias and the tied embedding) runs
+    at P of the T positions: its FLOPs per token shrink by P/T, the encoder's do not."""
+    cfg = models.model_config("bert", "tiny", heads=("mlm", "nsp"))
+    params = _params(cfg)
+    head = (_size(params["mlm_transform"]) + _size(params["mlm_norm"])
+            + _size(params["mlm_bias"]) + _size(params["token_embed"]))
+    T, P = 128, 20
+    every, slots = (mfu.model_flops_per_token(cfg, params, T, mlm_slots=s) for s in (None, P))
+    assert every - slots == pytest.approx(6 * head * (1 - P / T))
+    assert mfu.model_flops_per_token(cfg, params, T, mlm_slots=T) == pytest.approx(every)
+
+
 def test_peak_flops_env_var_overrides(monkeypatch):
     monkeypatch.setenv("LM_PEAK_FLOPS", "1.5e12")
     mfu.peak_flops_and_source.cache_clear()

@@ -8,6 +8,7 @@ import json
 import pathlib
 import shutil
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -160,6 +161,44 @@ def test_no_progress_bar_in_a_log_file(tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert "\r" not in captured.err + captured.out
     assert captured.out.count("step ") == 3  # one plain line per record
+
+
+def _tensorboard_events(directory: pathlib.Path) -> list:
+    """Every event of every event file in `directory` (TFRecord framing: length, crc, data,
+    crc), in file order."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = []
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            n = int.from_bytes(data[i:i + 8], "little")
+            events.append(Event.FromString(data[i + 12:i + 12 + n]))
+            i += 12 + n + 4
+    return events
+
+
+def test_tensorboard_holds_what_metrics_jsonl_holds(tmp_path):
+    """One event per record with every value, and a resumed writer's purge marker (TensorBoard
+    then drops what a killed run wrote past the restored step)."""
+    records = [(1, {"train/loss": 2.5, "train/lr": 0.125}), (2, {"train/loss": 2.25}),
+               (2, {"eval/loss": 2.75, "eval/accuracy": 0.5})]
+    w = writer.MetricsWriter(tmp_path, total_steps=10, quiet=True)
+    for step, values in records:
+        w.write(step, values)
+    w.close()
+    time.sleep(1.1)  # event files are named by the second they start in, as a restart's is
+    w = writer.MetricsWriter(tmp_path, total_steps=10, initial_step=1, resumed=True, quiet=True)
+    w.write(2, {"train/loss": 2.0})
+    w.close()
+    events = _tensorboard_events(tmp_path / "tensorboard")
+    scalars = [(e.step, {v.tag: v.simple_value for v in e.summary.value})
+               for e in events if e.summary.value]
+    assert scalars == records + [(2, {"train/loss": 2.0})]
+    starts = [e.step for e in events if e.HasField("session_log")]
+    assert starts == [0, 2]  # fresh run; resumed after step 1
+    jsonl = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert [r["step"] for r in jsonl] == [1, 2]  # step 2 was dropped, then written again
 
 
 class _Counting:

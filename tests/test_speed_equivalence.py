@@ -108,3 +108,46 @@ def test_layer_norm_module_equals_flax_layer_norm(use_bias):
                          strict=True):
         for u, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(u, w, rtol=1e-5, atol=1e-5)
+
+
+def test_mlm_scored_at_listed_positions_equals_scoring_every_position():
+    """The MLM head on the gathered `mlm_positions` (what training feeds) gives the loss,
+    accuracy and gradients of the head on all T positions weighted by `weights`."""
+    from lm.train import objectives
+
+    cfg = model_config("bert", "tiny", vocab_size=V, num_layers=2, dropout_rate=0.0,
+                       heads=("mlm", "nsp"))
+    rng = np.random.default_rng(0)
+    B, T, P = 3, 16, 5
+    batch = {"inputs": rng.integers(1, V, (B, T)).astype(np.int32),
+             "token_type_ids": np.zeros((B, T), np.int32),
+             "input_mask": np.ones((B, T), np.int32),
+             "targets": np.zeros((B, T), np.int32), "weights": np.zeros((B, T), np.float32),
+             "mlm_positions": np.zeros((B, P), np.int32),
+             "mlm_weights": np.zeros((B, P), np.float32),
+             "nsp_labels": rng.integers(0, 2, B).astype(np.int32)}
+    batch["input_mask"][2, 12:] = 0  # a padded row
+    for b, n in enumerate([5, 3, 0]):  # full, partly filled and empty slot lists
+        chosen = np.sort(rng.choice(np.arange(1, 12), n, replace=False))
+        batch["targets"][b, chosen] = rng.integers(1, V, n)
+        batch["weights"][b, chosen] = 1.0
+        batch["mlm_positions"][b, :n], batch["mlm_weights"][b, :n] = chosen, 1.0
+    every = {k: v for k, v in batch.items() if not k.startswith("mlm_")}
+    objective, model = objectives.get("mlm_nsp", cfg), build(cfg)
+    params = jax.jit(lambda k: nn.unbox(objectives.init_params(objective, model, k, batch)))(
+        jax.random.key(0))
+
+    def loss(p, b):
+        out = objectives.forward(objective, model, p, b, deterministic=True)
+        sums = objectives.metric_sums(objective, out, b)
+        loss = objectives.total_loss(objective, sums, objectives.term_weights(objective, b))
+        return loss, sums
+
+    (got, got_sums), got_grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
+    (want, want_sums), want_grads = jax.value_and_grad(loss, has_aux=True)(params, every)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got_sums.keys() == want_sums.keys()
+    for k in want_sums:
+        np.testing.assert_allclose(got_sums[k], want_sums[k], rtol=1e-6, err_msg=k)
+    for x, y in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-6)

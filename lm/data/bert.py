@@ -6,6 +6,7 @@ but runs per document on the fly, so no corpus' worth of instances is ever held 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -165,10 +166,28 @@ def bert_example(a: list[int], b: list[int] | None, tok: Tokenizer,
     }
 
 
+def prediction_slots(mlm_cfg, seq_len: int) -> int:
+    """The most tokens MLM chooses in a sequence of `seq_len` (mask_tokens chooses at most
+    round(rate * candidates), capped by max_predictions): the width P of `mlm_positions`."""
+    slots = max(1, math.ceil(mlm_cfg.rate * seq_len))
+    return min(slots, mlm_cfg.max_predictions) if mlm_cfg.max_predictions > 0 else slots
+
+
 def masked(example: dict[str, np.ndarray], rng: np.random.Generator, tok: Tokenizer,
            mlm_cfg) -> dict[str, np.ndarray]:
-    """An example with MLM applied to its real tokens (padding is special, never chosen)."""
+    """An example with MLM applied to its real tokens (padding is special, never chosen).
+
+    Besides the per-token targets and weights it lists the chosen positions, as BERT's
+    `masked_lm_positions` / `masked_lm_weights` do: `mlm_positions` (P,), padded with 0, and
+    `mlm_weights` (P,), 1 for a chosen position. The model then scores the vocabulary at
+    those P positions only, not at all T (for BERT at 128 tokens, 20 instead of 128).
+    """
     out = mask_tokens(example["inputs"], rng, tok, rate=mlm_cfg.rate,
                       mask_prob=mlm_cfg.mask_prob, random_prob=mlm_cfg.random_prob,
                       whole_word=mlm_cfg.whole_word, max_predictions=mlm_cfg.max_predictions)
-    return {**example, **out}
+    chosen = np.flatnonzero(out["weights"])
+    slots = prediction_slots(mlm_cfg, len(out["weights"]))
+    assert len(chosen) <= slots, (len(chosen), slots)  # mask_tokens chooses at most that
+    positions_P, weights_P = np.zeros(slots, np.int32), np.zeros(slots, np.float32)
+    positions_P[:len(chosen)], weights_P[:len(chosen)] = chosen, 1.0
+    return {**example, **out, "mlm_positions": positions_P, "mlm_weights": weights_P}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lm.data import glue, span
+from lm.data import bert, glue, span
 
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
 
@@ -27,6 +27,8 @@ def batch_spec(cfg, rows: int) -> Spec:
         spec = {k: ((rows, T), i32) for k in ("inputs", "targets", "token_type_ids",
                                               "input_mask")}
         spec["weights"] = ((rows, T), f32)
+        P = bert.prediction_slots(cfg.mlm, T)
+        spec.update(mlm_positions=((rows, P), i32), mlm_weights=((rows, P), f32))
         if objective == "mlm_nsp":
             spec["nsp_labels"] = ((rows,), i32)
         return spec

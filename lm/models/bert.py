@@ -26,8 +26,11 @@ class BERT(nn.Module):
         *,
         token_type_ids: jax.Array | None = None,
         input_mask: jax.Array | None = None,
+        mlm_positions: jax.Array | None = None,
         deterministic: bool = True,
     ) -> dict[str, jax.Array]:
+        """`mlm_positions` (B, P): score the MLM head at these positions only (its logits
+        come out (B, P, V)); None scores every position (B, T, V)."""
         cfg = self.cfg
         check_length(cfg, tokens_BxT.shape[1])
         positions_1xT = jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32)[None]
@@ -50,7 +53,9 @@ class BERT(nn.Module):
         pooled_BxD = jnp.tanh(pooler(hidden_BxTxD[:, 0]))
         out = {"hidden": hidden_BxTxD, "pooled": pooled_BxD}
         if "mlm" in cfg.heads:
-            out["mlm_logits"] = self._mlm(hidden_BxTxD, token_embed.embedding)
+            at_BxPxD = hidden_BxTxD if mlm_positions is None else jnp.take_along_axis(
+                hidden_BxTxD, mlm_positions[..., None], axis=1)
+            out["mlm_logits"] = self._mlm(at_BxPxD, token_embed.embedding)
         if "nsp" in cfg.heads:
             nsp = dense(cfg, 2, ("embed", "classes"), "nsp", use_bias=True)
             out["nsp_logits"] = nsp(pooled_BxD).astype(jnp.float32)

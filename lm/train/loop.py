@@ -168,7 +168,8 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
         host_metrics=run.objective.host_metrics and run.objective.host_metrics(config.data),
         decoder=decoder, text_metrics=decoder and task_metrics.text_metrics(config.data.task))
 
-    # Per batch length: length-bucketed batches (finetuning) change it from step to step.
+    # Per batch length (length-bucketed batches change it from step to step) and number of
+    # MLM prediction slots.
     flops_per_token = functools.cache(functools.partial(
         mfu.model_flops_per_token, run.model_cfg, jax.eval_shape(lambda: state.params)))
     peak = mfu.peak_flops(jax.devices()[0], run.model_cfg.dtype)
@@ -189,11 +190,11 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
 
     def read(pending, force_log: bool = False) -> None:
         """Fetch a finished step's metrics; stop on non-finite values; log every log_every."""
-        s, device_metrics, length = pending
+        s, device_metrics, lengths = pending  # (seq_len, MLM slots or None)
         values = {f"train/{k}": float(v) for k, v in jax.device_get(device_metrics).items()}
         check_finite(s, values, ckpt)
-        tokens = t.batch_size * length  # padded positions included, as MFU counts them
-        meter.tick(tokens, tokens * flops_per_token(length))
+        tokens = t.batch_size * lengths[0]  # padded positions included, as MFU counts them
+        meter.tick(tokens, tokens * flops_per_token(*lengths))
         if force_log or s % t.log_every == 0:
             rates = meter.rate()
             if rates:
@@ -223,7 +224,9 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
                 profiling.hlo_text, train_step, state, batch))
             if pending:
                 read(pending)
-            pending = (s, metrics, host_batch["inputs"].shape[-1])
+            slots = host_batch.get("mlm_positions")
+            pending = (s, metrics, (host_batch["inputs"].shape[-1],
+                                    None if slots is None else slots.shape[-1]))
             writer.advance(s)
             stopped_early = preemption.should_stop(s) and s < t.steps
             stop = stopped_early or s == t.steps

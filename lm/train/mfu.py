@@ -43,6 +43,9 @@ PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
 _LOOKUP_TABLES = ("pos_embed", "type_embed", "rel_bias")
 # BERT's heads on the pooled [CLS] vector: one row per sequence, not per token.
 _PER_SEQUENCE = ("pooler", "nsp", "classifier")
+# BERT's MLM head (with the tied token embedding as its output projection): at every
+# position, or only at the `mlm_positions` a pretraining batch lists.
+_MLM_HEAD = ("mlm_transform", "mlm_norm", "mlm_bias")
 
 
 def _count(params: Any, keep) -> int:
@@ -73,19 +76,28 @@ def embedding_is_output(model_cfg: Any) -> bool:
     return model_cfg.tie_embeddings and has_vocab_head
 
 
-def flops_per_token(n_matmul_params: int, *, num_layers: int, attn_width: int, seq_len: int
+def flops_per_token(n_matmul_params: float, *, num_layers: int, attn_width: int, seq_len: int
                     ) -> float:
     """Training FLOPs per token, forward + backward (PaLM's 6N + 12·L·D·T)."""
     return 6.0 * n_matmul_params + 12.0 * num_layers * attn_width * seq_len
 
 
-def model_flops_per_token(model_cfg: Any, params: Any, seq_len: int) -> float:
+def model_flops_per_token(model_cfg: Any, params: Any, seq_len: int,
+                          mlm_slots: int | None = None) -> float:
     """Training FLOPs per input token of a model; encoder-decoders count both stacks at the
-    encoder length, an upper bound (the decoder of span corruption sees ~1/4 of the tokens)."""
+    encoder length, an upper bound (the decoder of span corruption sees ~1/4 of the tokens).
+    `mlm_slots`: BERT's MLM head runs at that many positions of each sequence (the batch's
+    `mlm_positions`), not at all `seq_len`."""
     layers = model_cfg.num_layers + (model_cfg.decoder_layers if model_cfg.family == "t5" else 0)
-    per_token = flops_per_token(
-        matmul_params(params, tie_embeddings=embedding_is_output(model_cfg)), num_layers=layers,
-        attn_width=model_cfg.num_heads * model_cfg.dim_per_head, seq_len=seq_len)
+    n = matmul_params(params, tie_embeddings=embedding_is_output(model_cfg))
+    if mlm_slots is not None:
+        head = _count(params, lambda keys: bool(keys.intersection(_MLM_HEAD)))
+        if embedding_is_output(model_cfg):
+            head += _count(params, lambda keys: "token_embed" in keys)
+        n -= head * (1.0 - mlm_slots / seq_len)
+    per_token = flops_per_token(n, num_layers=layers,
+                                attn_width=model_cfg.num_heads * model_cfg.dim_per_head,
+                                seq_len=seq_len)
     return per_token + 6.0 * per_sequence_params(params) / seq_len
 
 

@@ -7,6 +7,7 @@ which is what makes gradient accumulation exact (step.py).
 """
 
 import dataclasses
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ ModelInputs = Callable[[Batch], tuple[tuple, dict]]
 class Term:
     name: str  # metric prefix: '' gives `loss`/`accuracy`, 'mlm' gives `mlm_loss`/`mlm_accuracy`
     logits: Callable[[Any], jax.Array]  # model outputs -> scores
-    labels: str  # batch key
+    labels: Callable[[Batch], jax.Array]  # batch -> the labels of those scores
     weights: Callable[[Batch], jax.Array]  # batch -> per-item weights (0 = padding)
     loss: Callable[..., dict[str, losses.Sum]] = losses.cross_entropy
 
@@ -67,7 +68,8 @@ def _gpt_inputs(batch):
 
 def _bert_inputs(batch):
     return (batch["inputs"],), dict(
-        token_type_ids=batch.get("token_type_ids"), input_mask=batch["input_mask"])
+        token_type_ids=batch.get("token_type_ids"), input_mask=batch["input_mask"],
+        mlm_positions=batch.get("mlm_positions"))
 
 
 def _t5_inputs(batch):
@@ -81,10 +83,22 @@ def _decoder_mask(batch: Batch) -> jax.Array:
     return (batch["weights"] > 0).astype(jnp.int32)
 
 
-# --- weights ---
+# --- labels and weights ---
 
 def _token_weights(batch: Batch) -> jax.Array:
     return batch["weights"]
+
+
+def _mlm_targets(batch: Batch) -> jax.Array:
+    """The targets at `mlm_positions` (B, P) where the batch lists them (the model then
+    scores only those), else every position's (B, T)."""
+    if "mlm_positions" not in batch:
+        return batch["targets"]
+    return jnp.take_along_axis(batch["targets"], batch["mlm_positions"], axis=1)
+
+
+def _mlm_weights(batch: Batch) -> jax.Array:
+    return batch["mlm_weights"] if "mlm_positions" in batch else batch["weights"]
 
 
 def _real_rows(batch: Batch) -> jax.Array:
@@ -100,10 +114,10 @@ def _squared_error_1d(preds_Bx1, labels_B, weights_B):
     return losses.squared_error(preds_Bx1[:, 0], labels_B, weights_B)
 
 
-_LM = Term("", lambda out: out, "targets", _token_weights)
-_MLM = Term("mlm", lambda out: out["mlm_logits"], "targets", _token_weights)
-_NSP = Term("nsp", lambda out: out["nsp_logits"], "nsp_labels", _real_rows)
-_CLASSES = Term("", lambda out: out["logits"], "labels", _example_weights)
+_LM = Term("", lambda out: out, operator.itemgetter("targets"), _token_weights)
+_MLM = Term("mlm", lambda out: out["mlm_logits"], _mlm_targets, _mlm_weights)
+_NSP = Term("nsp", lambda out: out["nsp_logits"], operator.itemgetter("nsp_labels"), _real_rows)
+_CLASSES = Term("", lambda out: out["logits"], operator.itemgetter("labels"), _example_weights)
 _REGRESSION = dataclasses.replace(_CLASSES, loss=_squared_error_1d)
 
 
@@ -165,7 +179,7 @@ def metric_sums(objective: Objective, outputs: Any, batch: Batch) -> dict[str, l
     """`{metric: (sum, weight)}` of every term, e.g. mlm_loss, mlm_accuracy, nsp_loss, ..."""
     sums = {}
     for t in objective.terms:
-        for metric, s in t.loss(t.logits(outputs), batch[t.labels], t.weights(batch)).items():
+        for metric, s in t.loss(t.logits(outputs), t.labels(batch), t.weights(batch)).items():
             sums[_prefixed(t, metric)] = s
     return sums
 
@@ -181,7 +195,7 @@ def host_outputs(objective: Objective, outputs: Any, batch: Batch) -> tuple | No
     if objective.host_metrics is None:
         return None
     t = objective.terms[0]
-    return t.logits(outputs), batch[t.labels], t.weights(batch)
+    return t.logits(outputs), t.labels(batch), t.weights(batch)
 
 
 def summarize(objective: Objective, sums: dict[str, losses.Sum]) -> dict[str, jax.Array]:

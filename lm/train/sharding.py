@@ -241,6 +241,8 @@ def process_batch_shard(mesh: Mesh) -> tuple[int, int]:
 def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each process's rows (its `process_batch_shard` slice) into global arrays."""
     sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:  # the rows are the global batch: one transfer, half the time
+        return jax.device_put({k: np.asarray(v) for k, v in batch.items()}, sharding)
     _, count = process_batch_shard(mesh)
 
     def to_global(x: np.ndarray) -> jax.Array:

@@ -24,6 +24,8 @@ def _import_tensorboardx():
 
 
 tensorboardX = _import_tensorboardx()
+from tensorboardX.proto.event_pb2 import Event, SessionLog  # noqa: E402  (after the import above)
+from tensorboardX.proto.summary_pb2 import Summary  # noqa: E402
 
 
 class MetricsWriter:
@@ -44,11 +46,15 @@ class MetricsWriter:
         workdir = pathlib.Path(workdir)
         truncate_records(workdir / "metrics.jsonl", initial_step if resumed else -1)
         self._jsonl = open(workdir / "metrics.jsonl", "a")
-        # purge_step: TensorBoard drops the events a killed run wrote past the restored step.
         # A deep event queue: at the default 10, logging every step blocks the loop on the
-        # writer thread (a semaphore wait per scalar). Events still reach disk every 120 s.
-        self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"), max_queue=1000,
-                                              purge_step=initial_step + 1 if resumed else 0)
+        # writer thread. Events still reach disk every 120 s.
+        self._tb = tensorboardX.FileWriter(str(workdir / "tensorboard"), max_queue=1000)
+        # TensorBoard drops the events a killed run wrote past the restored step (what
+        # SummaryWriter(purge_step=...) writes first).
+        purge_step = initial_step + 1 if resumed else 0
+        self._tb.add_event(Event(step=purge_step, file_version="brain.Event:2"))
+        self._tb.add_event(Event(step=purge_step,
+                                 session_log=SessionLog(status=SessionLog.START)))
         self._bar = None if quiet or not sys.stderr.isatty() else tqdm.tqdm(
             total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
         )
@@ -60,8 +66,10 @@ class MetricsWriter:
         # JSON has no NaN/Inf: write them as null so that every line parses.
         self._jsonl.write(json.dumps({k: _json_number(v) for k, v in record.items()}) + "\n")
         self._jsonl.flush()
-        for k, v in metrics.items():
-            self._tb.add_scalar(k, float(v), int(step))
+        # One event per record: SummaryWriter.add_scalar's event per value cost 0.55 ms per
+        # step of 9 values (0.07 ms this way), host time the 2-core machine's step shares.
+        self._tb.add_summary(Summary(value=[Summary.Value(tag=k, simple_value=float(v))
+                                            for k, v in metrics.items()]), int(step))
         self._show(step, record)
 
     def advance(self, step: int) -> None:
