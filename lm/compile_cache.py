@@ -15,7 +15,8 @@ another CPU.
 own `JAX_COMPILATION_CACHE_DIR` wins over both. The cache keeps at most 2 GiB, dropping the
 least recently used entries (`JAX_COMPILATION_CACHE_MAX_SIZE` changes that). An entry
 damaged by a process killed while writing it is reported by JAX and compiled instead;
-deleting the directory clears the cache.
+deleting the directory clears the cache. A directory that cannot be written (a read-only
+home) turns the cache off with a one-line notice.
 """
 
 import hashlib
@@ -61,8 +62,18 @@ def enable() -> str | None:
     choice = os.environ.get(CACHE_ENV, "")
     if choice.lower() in ("off", "0", "false", "none"):
         return None
+    directory = os.path.expanduser(choice) if choice else str(default_dir())
+    try:  # JAX would warn at every compilation instead
+        os.makedirs(directory, exist_ok=True)
+        writable = os.access(directory, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        print(f"lm: compilation cache off: cannot write {directory} (set {CACHE_ENV}=DIR)",
+              file=sys.stderr)
+        return None
     settings = {
-        "JAX_COMPILATION_CACHE_DIR": os.path.expanduser(choice) if choice else str(default_dir()),
+        "JAX_COMPILATION_CACHE_DIR": directory,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": os.environ.get(
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(MIN_COMPILE_SECS)),
         "JAX_COMPILATION_CACHE_MAX_SIZE": os.environ.get(

@@ -67,3 +67,13 @@ def test_the_default_directory_is_per_cpu(monkeypatch, tmp_path):
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == directory
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")  # JAX's own setting wins
     assert compile_cache.enable() == "/elsewhere"
+
+
+def test_an_unwritable_directory_turns_the_cache_off(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache directory would go
+    monkeypatch.setenv(compile_cache.CACHE_ENV, str(blocked / "cache"))
+    assert compile_cache.enable() is None
+    assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    assert "compilation cache off" in capsys.readouterr().err
