@@ -34,17 +34,16 @@ MIN_COMPILE_SECS = 0.2
 
 def host_fingerprint() -> str:
     """A short name for this CPU's model and instruction set extensions."""
-    model, flags = platform.machine(), ""
+    fields: dict[str, str] = {}
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model.endswith(")"):
-                model = f"{platform.machine()} ({value.strip()})"
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = " ".join(sorted(value.split()))
+            fields.setdefault(key.strip(), value.strip())  # the first core's
     except OSError:
         pass
-    return hashlib.sha256(f"{model}|{flags}".encode()).hexdigest()[:16]
+    flags = sorted((fields.get("flags") or fields.get("Features", "")).split())  # x86 / arm
+    text = f"{platform.machine()}|{fields.get('model name', '')}|{' '.join(flags)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def default_dir() -> pathlib.Path:

@@ -89,11 +89,11 @@ def model_flops_per_token(model_cfg: Any, params: Any, seq_len: int,
     `mlm_slots`: BERT's MLM head runs at that many positions of each sequence (the batch's
     `mlm_positions`), not at all `seq_len`."""
     layers = model_cfg.num_layers + (model_cfg.decoder_layers if model_cfg.family == "t5" else 0)
-    n = matmul_params(params, tie_embeddings=embedding_is_output(model_cfg))
+    tied_output = embedding_is_output(model_cfg)
+    n = matmul_params(params, tie_embeddings=tied_output)
     if mlm_slots is not None:
-        head = _count(params, lambda keys: bool(keys.intersection(_MLM_HEAD)))
-        if embedding_is_output(model_cfg):
-            head += _count(params, lambda keys: "token_embed" in keys)
+        head_names = _MLM_HEAD + (("token_embed",) if tied_output else ())
+        head = _count(params, lambda keys: bool(keys.intersection(head_names)))
         n -= head * (1.0 - mlm_slots / seq_len)
     per_token = flops_per_token(n, num_layers=layers,
                                 attn_width=model_cfg.num_heads * model_cfg.dim_per_head,
