@@ -29,10 +29,11 @@ NSP = {
 
 SIZES = {
     # 16 × 128 = 2,048 tokens/step (≈ 300 MLM predictions); × 500 steps ≈ 0.4 epoch.
-    "tiny": dict(model="tiny", seq_len=128, batch=16, steps=500, lr=1e-3),
+    # parallel: the gradient as that many computations side by side (one per core of a CPU).
+    "tiny": dict(model="tiny", seq_len=128, batch=16, steps=500, lr=1e-3, parallel=2),
     # BERT's phase-1 recipe at its sequence length 128: 256 × 128 = 32,768 tokens/step;
     # × 10,000 steps = 328M tokens ≈ 125 epochs of WikiText-2 (a stand-in for Books+Wiki).
-    "base": dict(model="base", seq_len=128, batch=256, steps=10_000, lr=1e-4),
+    "base": dict(model="base", seq_len=128, batch=256, steps=10_000, lr=1e-4, parallel=1),
 }
 
 
@@ -57,7 +58,7 @@ def get_config(arg: str | None = None):
         lr=size["lr"], min_lr=0.0, schedule="linear",
         b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=1.0, log_every=10,
         eval_steps=20 if arg.size == "tiny" else 100,
-        best_metric="eval/loss",
+        best_metric="eval/loss", parallel_micro_batches=size["parallel"],
     )
     steps = t.get_ref("steps")  # what follows moves with --config.train.steps
     t.warmup_steps = steps // 10  # BERT warms up over 1% of 1M steps; runs here are short

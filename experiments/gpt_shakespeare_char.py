@@ -24,11 +24,11 @@ SIZES = {
     # 12 rows × 64 tokens = 768 tokens/step; × 2000 steps = 1.54M tokens ≈ 1.5 epochs of the
     # 1,003,854 training characters. Warmup 100 = 2000 // 20, eval every 250 = 2000 // 8.
     "cpu": dict(layers=4, heads=4, width=128, seq_len=64, batch=12, steps=2000, dropout=0.0,
-                warmup_div=20, eval_div=8, eval_steps=20, log_every=1),
+                warmup_div=20, eval_div=8, eval_steps=20, log_every=1, parallel=2),
     # 64 × 256 = 16,384 tokens/step; × 5000 steps = 81.9M tokens ≈ 82 epochs. Warmup 100 =
     # 5000 // 50, eval every 250 = 5000 // 20.
     "baby": dict(layers=6, heads=6, width=384, seq_len=256, batch=64, steps=5000, dropout=0.2,
-                 warmup_div=50, eval_div=20, eval_steps=200, log_every=10),
+                 warmup_div=50, eval_div=20, eval_steps=200, log_every=10, parallel=1),
 }
 
 
@@ -74,6 +74,9 @@ def get_config(arg: str | None = None):
         eval_steps=size["eval_steps"], eval_at_start=True, log_every=size["log_every"],
         keep_checkpoints=2, best_metric="eval/loss", best_mode="min",
         seed=1337,  # nanoGPT's
+        # cpu: the batch's gradient as two computations of 6 rows that XLA runs one per core
+        # (the same gradient; README, speed notes); a GPU runs one big one best.
+        parallel_micro_batches=size["parallel"],
     )
     steps = t.get_ref("steps")  # what follows moves with --config.train.steps
     t.warmup_steps = steps // size["warmup_div"]

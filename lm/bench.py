@@ -53,6 +53,7 @@ def report(spec: str, config, summary: dict[str, float], result: dict[str, float
         "dtype": config.model.dtype, "attention_impl": config.model.attention_impl,
         "remat_policy": config.model.remat_policy,
         "grad_accum_steps": config.train.grad_accum_steps,
+        "parallel_micro_batches": config.train.parallel_micro_batches,
         "ms_per_step": 1000 / steps_per_s, "steps_per_s": steps_per_s,
         "tokens_per_s": summary.get("train/tokens_per_s"),
         "tflops_per_s": summary.get("train/tflops_per_s"), "mfu": summary.get("train/mfu"),

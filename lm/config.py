@@ -53,7 +53,10 @@ def default_train_config() -> ConfigDict:
         epochs=0,
         steps_per_epoch=0,  # set by the trainer when epochs > 0; per-epoch cadences derive from it
         batch_size=32,  # global rows per optimizer step (all hosts, all micro-batches)
-        grad_accum_steps=1,  # micro-batches per step; batch_size must be a multiple
+        grad_accum_steps=1,  # micro-batches per step, one after another (memory for one)
+        # micro-batches per accumulation step computed side by side: the same gradient, and on
+        # CPU faster for small models (XLA runs them one per core; lm/train/step.py)
+        parallel_micro_batches=1,
         lr=1e-3,
         min_lr=0.0,  # lr reached at decay_steps
         schedule="cosine",  # 'cosine' | 'linear' | 'constant'

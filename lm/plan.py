@@ -125,6 +125,7 @@ class Planner:
         train_step = step.jit_train_step(
             model=model, objective=self.objective, tx=self.tx, schedule=self.schedule,
             accum_steps=accum, dropout_seed=0, state_shardings=shardings,
+            parallel_micro_batches=self.config.train.parallel_micro_batches,
             batch_sharding=self.batch["inputs"].sharding)
         with sharding.use_mesh(self.mesh, self.rules):
             return train_step.lower(state, self.batch)
@@ -186,7 +187,7 @@ class Planner:
         else:  # a policy outside the ladder: it, then recompute everything
             remats = [own, "full"]
         out, accum = [], t.grad_accum_steps
-        while t.batch_size % (accum * self.batch_splits) == 0:
+        while t.batch_size % (accum * t.parallel_micro_batches * self.batch_splits) == 0:
             out += [(r, accum) for r in remats]
             accum *= 2
         return out[:MAX_COMPILES]

@@ -67,8 +67,8 @@ FRESH_CASES = [
     ("tokenizer larger than the model's vocabulary", ["train", "--config.model.vocab_size=60"],
      r"tokenizer has 68 ids but model.vocab_size=60: set --config.model.vocab_size=68"),
     ("batch not a multiple of the micro-batches", ["train", "--config.train.grad_accum_steps=3"],
-     r"train.batch_size=4 does not split over the batch axes .*grad_accum_steps=3\): use a "
-     r"multiple of 3"),
+     r"train.batch_size=4 does not split over the batch axes .*grad_accum_steps=3 × "
+     r"train.parallel_micro_batches=2\): use a multiple of 6"),
     ("a mesh the devices do not divide", ["train", "--config.mesh.data=2"],
      r"mesh.data=2 .* needs a multiple of 2 devices, but there are 1"),
     ("unknown objective", ["train", "--config.data.objective=nope"],

@@ -135,6 +135,16 @@ def test_a_resume_with_another_config_is_refused_without_touching_the_record(uni
     # The same config again: the run is finished, nothing changes.
     again = train(_config(), str(run), quiet=True)
     assert again["step"] == 30 and (run / "config.json").read_text() == recorded
+    # A field that a later lm added is no change where the run gets its default (1), and
+    # one where it does not (this experiment's 2).
+    older = json.loads(recorded)
+    del older["train"]["parallel_micro_batches"]
+    (run / "config.json").write_text(json.dumps(older))
+    assert train(_config(**{"train.parallel_micro_batches": "1"}), str(run),
+                 quiet=True)["step"] == 30
+    with pytest.raises(UserError, match=r"train.parallel_micro_batches: None -> 2"):
+        train(_config(), str(run), quiet=True)
+    (run / "config.json").write_text(recorded)
     # Asked for explicitly, a change is recorded with the step it took effect.
     longer = train(_config(**{"train.steps": "35"}), str(run), quiet=True,
                    allow_config_change=True)

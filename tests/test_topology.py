@@ -47,7 +47,8 @@ CASES = {
         "mesh.data=3 mesh.fsdp=1 mesh.tensor=1 needs a multiple of 3 devices, but there are 2"),
     "batch the data axis cannot divide": (
         "train_with", 2, [{}] * 2, {"overrides": {"train.batch_size": "5"}},
-        "train.batch_size=5 does not split over the batch axes (mesh data=2 × mesh fsdp=1)"),
+        "train.batch_size=5 does not split over the batch axes (mesh data=2 × mesh fsdp=1 × "
+        "train.parallel_micro_batches=2): use a multiple of 4"),
 }
 
 

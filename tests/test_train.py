@@ -93,20 +93,25 @@ def _ragged_batch(rows=8, length=8, vocab=64):
                 weights=real[order].astype(np.float32))
 
 
-def test_grad_accumulation_equals_one_big_batch(k=4):
+@pytest.mark.parametrize("accum, parallel", [(4, 1), (1, 4), (2, 2)])
+def test_grad_accumulation_equals_one_big_batch(accum, parallel):
+    """Micro-batches one after another (accumulation), side by side (parallel) or both: the
+    gradient of the whole batch's mean loss."""
+    k = accum * parallel
     model_cfg, model = _tiny_gpt()
     task = tasks.get("causal", model_cfg)
     batch = _ragged_batch()
     params = nn.meta.unbox(model.init(jax.random.key(0), batch["inputs"])["params"])
     tx = optax.sgd(1.0)  # update = -gradient: compares gradients, which Adam would normalise
 
-    def run(accum):
+    def run(accum, parallel):
         state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-        fn = jax.jit(lambda s, b: step.train_step(s, b, model=model, objective=task, tx=tx,
-                                                  schedule=lambda _: 1.0, accum_steps=accum))
+        fn = jax.jit(lambda s, b: step.train_step(
+            s, b, model=model, objective=task, tx=tx, schedule=lambda _: 1.0,
+            accum_steps=accum, parallel_micro_batches=parallel))
         return fn(state, batch)
 
-    (one, m1), (acc, mk) = run(1), run(k)
+    (one, m1), (acc, mk) = run(1, 1), run(accum, parallel)
     np.testing.assert_allclose(mk["loss"], m1["loss"], rtol=1e-6)
     np.testing.assert_allclose(mk["grad_norm"], m1["grad_norm"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),

@@ -25,6 +25,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lm import config as config_lib
 from lm import data, models, profiling
 from lm import metrics as task_metrics
 from lm.data import pipeline, synthetic, tokenizers
@@ -150,8 +151,8 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
     batch_sharding = sharding.batch_sharding(run.mesh)
     train_step = step.jit_train_step(
         model=run.model, objective=run.objective, tx=tx, schedule=schedule,
-        accum_steps=t.grad_accum_steps, dropout_seed=t.seed,
-        state_shardings=run.state_shardings, batch_sharding=batch_sharding)
+        accum_steps=t.grad_accum_steps, parallel_micro_batches=t.parallel_micro_batches,
+        dropout_seed=t.seed, state_shardings=run.state_shardings, batch_sharding=batch_sharding)
     # Eval results are replicated: every host can read them (and host metrics need them).
     eval_step = jax.jit(
         functools.partial(step.eval_step, model=run.model, objective=run.objective),
@@ -341,7 +342,8 @@ def record_config(workdir: pathlib.Path, resolved: dict, step_: int, *, allow_ch
         return
     if path.exists() and step_ > 0:
         recorded = json.loads(path.read_text())
-        changes = config_diff(recorded, resolved)
+        changes = {k: v for k, v in config_diff(recorded, resolved).items()
+                   if not _added_at_default(recorded, k, v[1])}
         if not changes:
             return
         if not allow_change:
@@ -358,6 +360,22 @@ def record_config(workdir: pathlib.Path, resolved: dict, step_: int, *, allow_ch
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(resolved, indent=2) + "\n")
     tmp.replace(path)
+
+
+def _added_at_default(recorded: dict, key: str, value: Any) -> bool:
+    """Whether `key` is a field that a later version of lm added (absent from the recorded
+    config) and `value` is its default: the run's config did not change."""
+    *parents, leaf = key.split(".")
+    for name in parents:
+        recorded = recorded.get(name)
+        if not isinstance(recorded, dict):
+            return False
+    defaults = config_lib.to_dict(config_lib.base_config())
+    for name in key.split("."):
+        if not isinstance(defaults, dict) or name not in defaults:
+            return False
+        defaults = defaults[name]
+    return leaf not in recorded and json.loads(json.dumps(defaults, default=str)) == value
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:

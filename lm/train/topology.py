@@ -37,13 +37,15 @@ def check(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     t, shards = config.train, config.data.get("shards", 0)
     splits = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
     axes = " × ".join(f"mesh {a}={mesh.shape[a]}" for a in sharding.BATCH_AXES)
-    for key, rows, accum in [("train.batch_size", t.batch_size, t.grad_accum_steps),
-                             ("train.eval_batch_size", t.eval_batch_size or t.batch_size, 1)]:
-        need = splits * accum  # every micro-batch splits evenly over the devices
+    micro = {"train.grad_accum_steps": t.grad_accum_steps,
+             "train.parallel_micro_batches": t.parallel_micro_batches}
+    for key, rows, factors in [("train.batch_size", t.batch_size, micro),
+                               ("train.eval_batch_size", t.eval_batch_size or t.batch_size, {})]:
+        need = splits * math.prod(factors.values())  # every micro-batch splits over the devices
         if rows % need:
-            micro = f" × train.grad_accum_steps={accum}" if accum > 1 else ""
+            shown = "".join(f" × {k}={v}" for k, v in factors.items() if v > 1)
             raise UserError(
-                f"{key}={rows} does not split over the batch axes ({axes}{micro}): use a "
+                f"{key}={rows} does not split over the batch axes ({axes}{shown}): use a "
                 f"multiple of {need}, or another mesh")
         if shards and rows % shards:
             raise UserError(f"{key}={rows} does not split into data.shards={shards} equal "
