@@ -12,7 +12,6 @@ never waits on the device except at eval and checkpoint steps.
 """
 
 import functools
-import json
 import pathlib
 import shutil
 import time
@@ -25,7 +24,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lm import config as config_lib
 from lm import data, models, profiling
 from lm import metrics as task_metrics
 from lm.data import pipeline, synthetic, tokenizers
@@ -44,7 +42,7 @@ from lm.train import (
     windows,
 )
 from lm.train.state import TrainState, init_state
-from lm.train.writer import MetricsWriter
+from lm.train.writer import MetricsWriter, record_config
 
 
 def iterator_factory(data_cfg: ml_collections.ConfigDict):
@@ -138,8 +136,9 @@ def _start(config, workdir: pathlib.Path, allow_config_change: bool) -> Run:
             params = pretrained.init_params(config, state.params)
             state = state.replace(params=jax.device_put(params, state_shardings.params))
         log(f"fresh run in {workdir}")
-    record_config(workdir, config.to_dict(), int(jax.device_get(state.step)),
-                  allow_change=allow_config_change)
+    step_ = int(jax.device_get(state.step))
+    if jax.process_index() == 0:
+        record_config(workdir, config.to_dict(), step_, allow_change=allow_config_change)
     ckpt = ckpt or checkpointer()  # every check has passed: now it may create directories
     return Run(config, workdir, model_cfg, model, objective, mesh, rules, tokenizer, make_iter,
                train_iter, state, state_shardings, ckpt)
@@ -330,64 +329,6 @@ def check_vocab(tokenizer_vocab: int, model_vocab: int) -> None:
         raise UserError(
             f"the tokenizer has {tokenizer_vocab} ids but model.vocab_size={model_vocab}: set "
             f"--config.model.vocab_size={tokenizer_vocab} (or larger) or use a smaller vocabulary")
-
-
-def record_config(workdir: pathlib.Path, resolved: dict, step_: int, *, allow_change: bool
-                  ) -> None:
-    """Writes config.json for a fresh run; a resumed run must have the recorded config, or,
-    with `allow_change`, the change is appended to config_changes.jsonl with its step."""
-    path = workdir / "config.json"
-    resolved = json.loads(json.dumps(resolved, default=str))  # tuples as JSON has them
-    if jax.process_index() != 0:
-        return
-    if path.exists() and step_ > 0:
-        recorded = json.loads(path.read_text())
-        changes = {k: v for k, v in config_diff(recorded, resolved).items()
-                   if not _added_at_default(recorded, k, v[1])}
-        if not changes:
-            return
-        if not allow_change:
-            shown = "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
-            raise UserError(
-                f"{workdir} holds a run of another config; resuming with this one would change"
-                f":\n  {shown}\nUse a fresh --workdir, drop these overrides, or pass "
-                "--allow_config_change to continue the run with them from step "
-                f"{step_}")
-        with open(workdir / "config_changes.jsonl", "a") as f:
-            f.write(json.dumps({"step": step_, "changes": changes}) + "\n")
-        log(f"config changed at step {step_}: {changes}")
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def _added_at_default(recorded: dict, key: str, value: Any) -> bool:
-    """Whether `key` is a field that a later version of lm added (absent from the recorded
-    config) and `value` is its default: the run's config did not change."""
-    *parents, leaf = key.split(".")
-    for name in parents:
-        recorded = recorded.get(name)
-        if not isinstance(recorded, dict):
-            return False
-    defaults = config_lib.to_dict(config_lib.base_config())
-    for name in key.split("."):
-        if not isinstance(defaults, dict) or name not in defaults:
-            return False
-        defaults = defaults[name]
-    return leaf not in recorded and json.loads(json.dumps(defaults, default=str)) == value
-
-
-def config_diff(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (old, new)} for every leaf that differs."""
-    changes = {}
-    for key in sorted(old.keys() | new.keys()):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes.update(config_diff(a, b, f"{prefix}{key}."))
-        elif a != b:
-            changes[f"{prefix}{key}"] = (a, b)
-    return changes
 
 
 # ---------------------------------------------------------------- helpers

@@ -1,4 +1,5 @@
-"""Where metrics go: metrics.jsonl, TensorBoard event files and a console progress bar."""
+"""What a run records: config.json (and its changes), metrics.jsonl, TensorBoard event
+files and a console progress bar."""
 
 import json
 import math
@@ -7,6 +8,9 @@ import sys
 from typing import Any
 
 import tqdm
+
+from lm import config as config_lib
+from lm.errors import UserError
 
 
 def _import_tensorboardx():
@@ -118,3 +122,70 @@ def _fmt(v: float) -> str:
 
 def _json_number(v):
     return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+# ---------------------------------------------------------------- the recorded config
+
+
+def record_config(workdir: pathlib.Path, resolved: dict, step_: int, *, allow_change: bool
+                  ) -> None:
+    """Writes config.json for a fresh run (lead process only); a resumed run must have the
+    recorded config, or, with `allow_change`, the change is appended to config_changes.jsonl
+    with its step."""
+    path = workdir / "config.json"
+    resolved = _as_json(resolved)  # tuples as JSON has them
+    if path.exists() and step_ > 0:
+        recorded = json.loads(path.read_text())
+        defaults = _as_json(config_lib.to_dict(config_lib.base_config()))
+        changes = {k: v for k, v in config_diff(recorded, resolved).items()
+                   if not _added_at_default(k, v[1], recorded, defaults)}
+        if not changes:
+            return
+        if not allow_change:
+            shown = "\n  ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            raise UserError(
+                f"{workdir} holds a run of another config; resuming with this one would change"
+                f":\n  {shown}\nUse a fresh --workdir, drop these overrides, or pass "
+                "--allow_config_change to continue the run with them from step "
+                f"{step_}")
+        with open(workdir / "config_changes.jsonl", "a") as f:
+            f.write(json.dumps({"step": step_, "changes": changes}) + "\n")
+        print(f"config changed at step {step_}: {changes}", flush=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _as_json(tree: dict) -> dict:
+    return json.loads(json.dumps(tree, default=str))
+
+
+_MISSING = object()
+
+
+def _lookup(tree: dict, key: str) -> Any:
+    """The value at dotted `key`, or _MISSING."""
+    for name in key.split("."):
+        if not isinstance(tree, dict) or name not in tree:
+            return _MISSING
+        tree = tree[name]
+    return tree
+
+
+def _added_at_default(key: str, value: Any, recorded: dict, defaults: dict) -> bool:
+    """Whether `key` is a field that a later version of lm added (absent from the recorded
+    config) and `value` is its default: the run's config did not change."""
+    return _lookup(recorded, key) is _MISSING and _lookup(defaults, key) == value
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every leaf that differs."""
+    changes = {}
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.update(config_diff(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changes[f"{prefix}{key}"] = (a, b)
+    return changes
