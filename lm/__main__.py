@@ -34,8 +34,9 @@ def main(argv: list[str]) -> None:
     from lm import compile_cache, malloc
     from lm.errors import UserError
 
-    malloc.keep_freed_memory()  # before jax allocates anything: a CPU step without page faults
     compile_cache.enable()  # before jax is imported: it reads the cache settings then
+    if malloc.keep_freed_memory():  # before jax allocates anything: CPU steps without faults
+        malloc.run_cpu_steps_inline()
     module, _, function = COMMANDS[argv[1]].partition(":")
     command = getattr(importlib.import_module(module), function or "main")
     try:

@@ -11,7 +11,7 @@ is the standard loop of the `transformers` examples (BertForSequenceClassificati
 shuffled loader, torch's default threads), once per `--hf_padding`: `longest` pads each batch
 to its longest row (the fastest PyTorch can do), `max_length` pads every row to --seq_len
 (run_glue.py's default, `pad_to_max_length=True`). The `lm` side pads to the batch's length
-bucket (16, 32, ...):
+bucket (8, 16, 32, ...):
 
 
     python -m lm train --config experiments/finetune_glue.py:TASK,train=...,epochs=...,lr=...,\

@@ -5,7 +5,7 @@ import pytest
 
 from lm import data
 from lm.convert import minilm_dir
-from lm.data import bucketing, classification
+from lm.data import bucketing, classification, sources
 
 
 def _config(bucketed: bool):
@@ -45,7 +45,7 @@ def test_bucketed_eval_is_the_whole_split_exactly_and_lossless(tok):
     kw = dict(split="validation", batch_size=32, seed=0, shuffle=False, num_epochs=1)
     bucketed = list(data.make_iterator(_config(True), tok, **kw))
     plain = list(data.make_iterator(_config(False), tok, **kw))
-    assert {b["inputs"].shape[1] for b in bucketed} <= {16, 32, 64}
+    assert {b["inputs"].shape[1] for b in bucketed} <= {8, 16, 32, 64}
     assert min(b["inputs"].shape[1] for b in bucketed) < 64  # something was cut
     dev_size = len(classification.records(_config(True), "validation"))  # 872 in SST-2
     assert sum(int(b["example_weights"].sum()) for b in bucketed) == dev_size
@@ -74,3 +74,29 @@ def test_bucketed_iterator_resumes_exactly(tok):
     for want in expected:
         got = next(fresh)
         assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+class _Batched(list):
+    """A source with a batched read, like TFDS's array_record data source."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.reads = []
+
+    def __getitems__(self, indices):
+        self.reads.append(list(indices))
+        return [self[i] for i in indices]
+
+
+def test_read_all_is_one_batched_read_of_the_mapped_items():
+    source = _Batched(range(10))
+    mapped = sources.Mapped(source, str)
+    assert sources.read_all(mapped) == [mapped[i] for i in range(10)]
+    assert source.reads == [list(range(10))]
+    assert sources.read_all(sources.Slice(list("abcd"), 1, 3)) == ["b", "c"]  # no batched read
+
+
+def test_buckets_are_powers_of_two_from_8_then_seq_len():
+    assert bucketing.buckets_for(64) == (8, 16, 32, 64)
+    assert bucketing.buckets_for(100) == (8, 16, 32, 64, 100)
+    assert bucketing.buckets_for(8) == (8,)

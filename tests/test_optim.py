@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 import torch
 
@@ -116,6 +117,19 @@ def test_adamw_matches_torch():
         torch_opt.step()
     for got, want in zip(jax.tree.leaves(params), torch_params, strict=True):
         np.testing.assert_allclose(got, want.detach().numpy(), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0], ids=["clipped", "not_clipped"])
+def test_clip_by_global_norm_equals_optax(max_norm):
+    rng = np.random.default_rng(0)
+    grads = {"a": jnp.asarray(rng.normal(size=(7, 5)), jnp.float32),
+             "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+    got, _ = optim.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    want, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+    norm = float(optax.global_norm(got))
+    assert norm == pytest.approx(min(max_norm, float(optax.global_norm(grads))), rel=1e-6)
 
 
 def test_optimizer_from_default_config_builds():

@@ -15,15 +15,20 @@ import functools
 import grain
 import numpy as np
 
-from lm.data import classification, glue
+from lm.data import classification, glue, sources
 from lm.data.tokenizers import Tokenizer
 from lm.errors import UserError
 
 EPOCHS_FOREVER = 1_000_000  # "repeat forever": the plan is lazy, so the length costs nothing
 
 
-def buckets_for(seq_len: int, smallest: int = 16) -> tuple[int, ...]:
-    """Powers of two from `smallest` below seq_len, then seq_len itself."""
+def buckets_for(seq_len: int, smallest: int = 8) -> tuple[int, ...]:
+    """Powers of two from `smallest` below seq_len, then seq_len itself.
+
+    From 8, not 16: 84 of the 211 batches of 10% of SST-2 (seq_len 64) fit in 8 tokens; an 8
+    bucket cuts the padded tokens 1.71x -> 1.47x of the real ones for one more compiled shape
+    (MiniLM: ~160 ms per 8-token step against ~270 at 16).
+    """
     sizes = [smallest]
     while sizes[-1] * 2 < seq_len:
         sizes.append(sizes[-1] * 2)
@@ -55,11 +60,13 @@ class _Batches:
 
     def __init__(self, cfg, tok: Tokenizer, records, *, rows: int, process_index: int,
                  process_count: int, seed: int, shuffle: bool):
-        self.records, self.rows, self.seed, self.shuffle = records, rows, seed, shuffle
+        # In memory: every length is needed up front, and a batch's rows then cost no reads.
+        self.records = sources.read_all(records)
+        self.rows, self.seed, self.shuffle = rows, seed, shuffle
         self.first = process_index * rows
         self.global_batch = rows * process_count
         self.seq_len, self.buckets = cfg.seq_len, buckets_for(cfg.seq_len)
-        self.lengths = np.array([_example_length(r, tok, cfg.seq_len) for r in records])
+        self.lengths = np.array([_example_length(r, tok, cfg.seq_len) for r in self.records])
         self.per_epoch = -(-len(records) // self.global_batch)
         self._plan: tuple[int, list[np.ndarray]] = (-1, [])
         self.make = functools.partial(classification.classification_example, tok=tok,

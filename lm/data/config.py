@@ -68,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
             mean_span_length=3.0,
         ),
         # classification: batches of similar lengths, each cut to a power-of-two bucket
-        # (16, 32, ... seq_len), so short sentences do not pay for seq_len.
+        # (8, 16, 32, ... seq_len), so short sentences do not pay for seq_len.
         length_buckets=False,
         task="",  # GLUE task (lm.data.glue) for 'classification' and 'seq2seq'
         target_len=32,  # seq2seq: decoder length (targets + <eos>; longer ones are cut)

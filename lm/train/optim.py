@@ -65,6 +65,25 @@ def decay_mask(params: Any, *, decay_embeddings: bool) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: _leaf_name(p) in decayed, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm as one scalar factor on every gradient (as torch's
+    clip_grad_norm_ does), not a per-element select of g / norm · max_norm.
+
+    The same clipping to float rounding, but XLA:CPU fuses a multiply by a scalar into
+    AdamW's moment updates, where it wrote optax's select out as a whole clipped copy of the
+    gradients first: one more write and two more reads of every gradient. MiniLM's AdamW
+    (22.7M parameters) 44.6 -> 35.3 ms per step.
+    """
+
+    def update_fn(updates, state, params=None):
+        del params
+        g_norm = optax.global_norm(updates)
+        factor = jnp.where(g_norm < max_norm, 1.0, max_norm / g_norm)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
                                                                    optax.Schedule]:
     """(clip → AdamW) from the `train` config, and its learning-rate schedule."""
@@ -77,5 +96,5 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> tuple[optax.Gradient
         schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
         mask=lambda params: decay_mask(params, decay_embeddings=t.decay_embeddings),
     )
-    clip = optax.clip_by_global_norm(t.clip_norm) if t.clip_norm > 0 else optax.identity()
+    clip = clip_by_global_norm(t.clip_norm) if t.clip_norm > 0 else optax.identity()
     return optax.chain(clip, adamw), schedule
