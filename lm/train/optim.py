@@ -77,7 +77,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        g_norm = optax.global_norm(updates)
+        g_norm = optax.tree.norm(updates)
         factor = jnp.where(g_norm < max_norm, 1.0, max_norm / g_norm)
         return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
 

@@ -89,7 +89,7 @@ def train_step(
         step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
     )
     metrics = objectives.summarize(objective, sums)
-    metrics.update(grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
     return new_state, metrics
 
 
