@@ -67,7 +67,7 @@ class _Batches:
         self.global_batch = rows * process_count
         self.seq_len, self.buckets = cfg.seq_len, buckets_for(cfg.seq_len)
         self.lengths = np.array([_example_length(r, tok, cfg.seq_len) for r in self.records])
-        self.per_epoch = -(-len(records) // self.global_batch)
+        self.per_epoch = -(-len(self.records) // self.global_batch)
         self._plan: tuple[int, list[np.ndarray]] = (-1, [])
         self.make = functools.partial(classification.classification_example, tok=tok,
                                       seq_len=cfg.seq_len,

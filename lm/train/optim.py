@@ -81,7 +81,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
         factor = jnp.where(g_norm < max_norm, 1.0, max_norm / g_norm)
         return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
