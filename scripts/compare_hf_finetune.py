@@ -9,17 +9,21 @@ weight decay 0.01 off biases and norms), linear warmup over 10% of the steps the
 decay to 0, gradient clipping at 1.0, then accuracy on the whole dev set. The PyTorch side
 is the standard loop of the `transformers` examples (BertForSequenceClassification, a
 shuffled loader, torch's default threads), once per `--hf_padding`: `longest` pads each batch
-to its longest row (the fastest PyTorch can do), `max_length` pads every row to --seq_len
-(run_glue.py's default, `pad_to_max_length=True`). The `lm` side pads to the batch's length
-bucket (8, 16, 32, ...):
+to its longest row, `max_length` pads every row to --seq_len (run_glue.py's default,
+`pad_to_max_length=True`), `grouped` pads to the longest row of batches of similar lengths
+(the Trainer's `group_by_length=True`: shuffled mega-batches of 50 batches, sorted by
+length; the fastest of the three, and the same idea as `lm`'s buckets). The `lm` side pads
+to the batch's length bucket (8, 16, 32, ...) of such batches:
 
 
     python -m lm train --config experiments/finetune_glue.py:TASK,train=...,epochs=...,lr=...,\
 batch=...,seq_len=... --workdir TMP --quiet
 
 Each side runs as its own process, one right after the other, and is timed whole (imports,
-loading, training, evaluation). Needs torch and transformers (`pip install -e '.[test]'`)
-and the task's data (`python -m lm data prepare glue/sst2`).
+loading, training, evaluation) and per step (PyTorch: its training loop over the steps,
+tokenization included; `lm`: its logged windows, which leave out the first step and the
+evaluation but not the compiles of the later batch shapes). Needs torch and transformers
+(`pip install -e '.[test]'`) and the task's data (`python -m lm data prepare glue/sst2`).
 """
 
 import argparse
@@ -58,8 +62,9 @@ def hf_finetune(f: argparse.Namespace) -> dict[str, float]:
         minilm_dir(), num_labels=num_labels)
 
     def encode(rows):
+        padding = "max_length" if f.hf_padding[0] == "max_length" else "longest"
         enc = tokenizer(*zip(*(r["texts"] for r in rows)), truncation=True,
-                        max_length=f.seq_len, padding=f.hf_padding[0], return_tensors="pt")
+                        max_length=f.seq_len, padding=padding, return_tensors="pt")
         return enc, torch.tensor([r["label"] for r in rows])
 
     steps = -(-len(train) // f.batch) * f.epochs
@@ -70,9 +75,15 @@ def hf_finetune(f: argparse.Namespace) -> dict[str, float]:
                              {"params": rest, "weight_decay": 0.0}],
                             lr=f.lr, betas=(0.9, 0.999), eps=1e-6)
     sched = transformers.get_linear_schedule_with_warmup(opt, steps // 10, steps)
+    if f.hf_padding[0] == "grouped":  # the Trainer's group_by_length=True
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+        lengths = [len(ids) for ids in tokenizer(
+            *zip(*(r["texts"] for r in train)), truncation=True, max_length=f.seq_len)["input_ids"]]
     model.train()
+    start = time.perf_counter()
     for _ in range(f.epochs):
-        order = torch.randperm(len(train)).tolist()
+        order = (get_length_grouped_indices(lengths, f.batch) if f.hf_padding[0] == "grouped"
+                 else torch.randperm(len(train)).tolist())
         for k in range(0, len(train), f.batch):
             enc, labels = encode([train[i] for i in order[k:k + f.batch]])
             loss = model(**enc, labels=labels).loss
@@ -81,13 +92,25 @@ def hf_finetune(f: argparse.Namespace) -> dict[str, float]:
             opt.step()
             sched.step()
             opt.zero_grad()
+    loop_s = time.perf_counter() - start  # its batches' tokenization included
     model.eval()
     correct = 0
     with torch.no_grad():
         for k in range(0, len(dev), 64):
             enc, labels = encode(dev[k:k + 64])
             correct += int((model(**enc).logits.argmax(-1) == labels).sum())
-    return {"accuracy": correct / len(dev), "steps": steps}
+    return {"accuracy": correct / len(dev), "steps": steps, "ms_per_step": loop_s / steps * 1e3}
+
+
+def lm_ms_per_step(records: list[dict]) -> float:
+    """`lm`'s mean step time over its logged windows: they leave out the first step and the
+    evaluations, not the compiles of the batch shapes met later."""
+    windows = [r for r in records if r.get("train/steps_per_s")]
+    # A window times the steps after its first logged one; the first window's first step
+    # only starts the clock.
+    steps = [r["step"] - prev["step"] for prev, r in zip([{"step": 1}] + windows, windows)]
+    seconds = sum(n / r["train/steps_per_s"] for n, r in zip(steps, windows))
+    return seconds / sum(steps) * 1e3
 
 
 def hf_flags(f: argparse.Namespace, side: str) -> list[str]:
@@ -115,7 +138,8 @@ def run(side: str, f: argparse.Namespace) -> dict[str, float]:
             records = [json.loads(line) for line in
                        pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()]
             last = [r for r in records if r.get("eval/accuracy") is not None][-1]
-            result = {"accuracy": last["eval/accuracy"], "steps": int(last["step"])}
+            result = {"accuracy": last["eval/accuracy"], "steps": int(last["step"]),
+                      "ms_per_step": lm_ms_per_step(records)}
     return {**result, "wall_s": wall}
 
 
@@ -129,7 +153,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--hf_padding", nargs="+", default=["longest", "max_length"],
-                        choices=("longest", "max_length"))
+                        choices=("longest", "max_length", "grouped"))
     parser.add_argument("--order", default="hf,lm", help="which runs first")
     parser.add_argument("--side", choices=("hf",), help=argparse.SUPPRESS)
     f = parser.parse_args()
@@ -145,11 +169,12 @@ def main() -> None:
         results[side] = run(side, f)
         print(f"  {side}: {results[side]}", flush=True)
     lm = results["lm"]
-    print("\n| run | dev accuracy | steps | wall time, whole process (s) | its time / lm's |\n"
-          "|---|---|---|---|---|")
+    print("\n| run | dev accuracy | steps | ms/step | its ms/step / lm's | wall time, whole "
+          "process (s) | its time / lm's |\n|---|---|---|---|---|---|---|")
     for side, r in results.items():
         name = "lm (jax)" if side == "lm" else f"Hugging Face PyTorch, padding={side[3:]}"
-        print(f"| {name} | {r['accuracy']:.4f} | {r['steps']} | {r['wall_s']:.1f} | "
+        print(f"| {name} | {r['accuracy']:.4f} | {r['steps']} | {r['ms_per_step']:.0f} | "
+              f"{r['ms_per_step'] / lm['ms_per_step']:.2f}x | {r['wall_s']:.1f} | "
               f"{r['wall_s'] / lm['wall_s']:.2f}x |")
 
 

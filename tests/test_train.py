@@ -274,3 +274,19 @@ def test_throughput_counts_each_steps_own_tokens_and_skips_the_first(monkeypatch
     assert meter.rate() is None  # no step since
     meter.tick(16, 16.0)
     assert meter.rate() == loop.Rates(steps=1 / 8, tokens=16 / 8, flops=16 / 8)
+
+
+def test_the_run_holds_its_objects_out_of_the_gc_and_lets_them_go_after(monkeypatch, tmp_path):
+    """The steps (and the tracing of each new batch shape) run with the objects made at
+    start-up frozen; a run's end unfreezes them, so repeated runs in one process free them."""
+    import gc  # noqa: PLC0415
+
+    from lm.train import loop  # noqa: PLC0415
+    made_at_start = [[i] for i in range(1000)]  # container objects: tracked by the GC
+    monkeypatch.setattr(loop, "_start", lambda *a: made_at_start)
+    monkeypatch.setattr(loop, "_train", lambda run, quiet: {
+        "frozen": gc.get_freeze_count(), "tracked": gc.is_tracked(run[0])})
+    assert gc.get_freeze_count() == 0
+    seen = loop.train(ml_collections.ConfigDict(), str(tmp_path))
+    assert seen["tracked"] and seen["frozen"] >= len(made_at_start)
+    assert gc.get_freeze_count() == 0

@@ -11,7 +11,9 @@ The host reads each step's metrics one step late, after dispatching the next ste
 never waits on the device except at eval and checkpoint steps.
 """
 
+import contextlib
 import functools
+import gc
 import pathlib
 import shutil
 import time
@@ -79,7 +81,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
         if created and workdir.exists() and jax.process_index() == 0:
             shutil.rmtree(workdir)  # a failed start leaves nothing behind
         raise
-    return _train(run, quiet=quiet)
+    with long_lived_objects_frozen():
+        return _train(run, quiet=quiet)
+
+
+@contextlib.contextmanager
+def long_lived_objects_frozen():
+    """Keep what exists now (modules, data records, the model) out of Python's cyclic GC
+    while the run lasts; what it leaves behind is collectable again afterwards.
+
+    A full collection walks every tracked object: ~240k once MiniLM finetuning has started,
+    ~0.3 s of each new batch shape's 0.85 s of tracing, and 1.2 s of a 95 s run in all.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Run(NamedTuple):
