@@ -1,7 +1,8 @@
 """GLUE finetuning of all-MiniLM-L6-v2: Hugging Face PyTorch and `lm`, side by side.
 
     python scripts/compare_hf_finetune.py [--task sst2] [--train 'train[:10%]'] [--epochs 1]
-        [--lr 5e-5] [--batch 32] [--seq_len 64] [--hf_padding longest max_length] [--order hf,lm]
+        [--lr 5e-5] [--batch 32] [--seq_len 64] [--hf_padding grouped longest max_length]
+        [--order hf,lm]
 
 Both sides finetune the same checkpoint on the same examples (read once by lm's own GLUE
 reader, so the same split and slice) with the same recipe: AdamW (β 0.9/0.999, ε 1e-6,
@@ -152,7 +153,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq_len", type=int, default=64)
-    parser.add_argument("--hf_padding", nargs="+", default=["longest", "max_length"],
+    parser.add_argument("--hf_padding", nargs="+", default=["grouped", "longest", "max_length"],
                         choices=("longest", "max_length", "grouped"))
     parser.add_argument("--order", default="hf,lm", help="which runs first")
     parser.add_argument("--side", choices=("hf",), help=argparse.SUPPRESS)

@@ -59,3 +59,20 @@ def test_bench_on_synthetic_data_needs_no_corpus(capsys):
                 "--config.data.source=synthetic", "--config.train.batch_size=4",
                 "--config.data.seq_len=32", "--config.model.num_layers=1"])
     assert "steps/s=" in capsys.readouterr().out
+
+
+def test_hf_comparison_times_lms_steps_from_its_windows():
+    """scripts/compare_hf_finetune.py: lm's ms/step = the windows' time over their steps (the
+    first step only starts the clock; eval records carry no rate)."""
+    import importlib.util  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "compare_hf_finetune.py"
+    spec = importlib.util.spec_from_file_location("compare_hf_finetune", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # Steps 2..50 took 10 s, 51..100 took 5 s, 101..111 took 2.2 s; an eval at step 100.
+    records = [{"step": 50, "train/steps_per_s": 49 / 10.0},
+               {"step": 100, "train/steps_per_s": 50 / 5.0},
+               {"step": 100, "eval/accuracy": 0.5},
+               {"step": 111, "train/steps_per_s": 11 / 2.2}]
+    assert script.lm_ms_per_step(records) == pytest.approx(17.2 / 110 * 1e3)

@@ -91,7 +91,7 @@ def long_lived_objects_frozen():
     while the run lasts; what it leaves behind is collectable again afterwards.
 
     A full collection walks every tracked object: ~240k once MiniLM finetuning has started,
-    ~0.3 s of each new batch shape's 0.85 s of tracing, and 1.2 s of a 95 s run in all.
+    ~0.3 s of each new batch shape's 0.85 s of tracing, and 1.5 s of a 95 s run in all.
     """
     gc.collect()
     gc.freeze()
