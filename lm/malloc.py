@@ -21,8 +21,10 @@ thread would also avoid it, but its lock cost the Shakespeare step 5 ms.
 `LM_MALLOC=system` leaves malloc and dispatch as they are.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
+import gc
 import os
 import platform
 
@@ -58,3 +60,19 @@ def run_cpu_steps_inline() -> None:
 
     if "jax_cpu_enable_async_dispatch" in jax.config.values:  # a speed knob: absent, no-op
         jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
+@contextlib.contextmanager
+def long_lived_objects_frozen():
+    """Keep what exists now (modules, data records, the model) out of Python's cyclic GC
+    while a run lasts; what it leaves behind is collectable again afterwards.
+
+    A full collection walks every tracked object (hundreds of thousands once a pretrained
+    model is loaded), and tracing a new batch shape triggers several: docs/performance.md.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

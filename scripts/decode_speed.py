@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from lm import config as config_lib
-from lm.generate import generate
+from lm.generation.generate import generate
 from lm.models import ModelConfig, build
 
 

@@ -115,3 +115,57 @@ def shakespeare_run(tmp_path_factory) -> pathlib.Path:
           "--workdir", str(workdir), *TINY_GPT, "--config.train.steps=20",
           "--config.train.lr=1e-2"])
     return workdir
+
+
+# ----------------------------------------------------------------------------- float32 tolerances
+
+F32_EPS = 2.0**-23  # np.finfo(np.float32).eps, about 1.19e-7
+
+
+def f32_tolerance(n: int, magnitude: float = 1.0) -> dict[str, float]:
+    """assert_allclose's rtol and atol for a float32 result against another computation of the
+    same value (float64, or float32 rounded in another order): up to n roundings of relative
+    size eps can add up (a length-n sum errs by n·eps, Higham's γ_n), relative to the result
+    (rtol) or, where the result cancels toward 0, to `magnitude`, the size of its terms (atol)."""
+    return dict(rtol=n * F32_EPS, atol=n * F32_EPS * magnitude)
+
+
+def model_roundings(cfg) -> int:
+    """n for f32_tolerance of a model's outputs or gradients: each layer on the path (encoder
+    and decoder) adds a length-d_model (projections, norms) and a length-d_ff (MLP) sum."""
+    layers = cfg.num_layers + (cfg.decoder_layers if cfg.family == "t5" else 0)
+    return layers * (cfg.d_model + cfg.d_ff)
+
+
+def assert_trees_close(got, want, n: int, magnitudes=None) -> None:
+    """Each leaf of `got` within f32_tolerance(n, m) of `want`'s; m is the leaf's largest
+    |value| in `want`, or its entry in the tree `magnitudes` where given."""
+    import jax
+    import numpy as np
+
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    if magnitudes is None:
+        magnitudes = jax.tree.map(lambda w: float(np.max(np.abs(w), initial=0.0)), want)
+    leaves = jax.tree_util.tree_flatten_with_path(want)[0]
+    for (path, w), g, m in zip(leaves, jax.tree.leaves(got), jax.tree.leaves(magnitudes),
+                               strict=True):
+        np.testing.assert_allclose(g, w, **f32_tolerance(n, m),
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def assert_grads_close(got, want, n: int) -> None:
+    """assert_trees_close for parameter gradients. An attention key bias adds one constant to
+    a row of logits, so its gradient is 0 in exact arithmetic and rounding noise in float32:
+    it takes the size of its key kernel's gradient, the terms it sums."""
+    import jax
+    import numpy as np
+
+    def magnitude(path, w, params=want):
+        keys = [getattr(k, "key", None) for k in path]
+        if keys[-2:] == ["key", "bias"]:
+            for k in keys[:-1]:
+                params = params[k]
+            w = params["kernel"]
+        return float(np.max(np.abs(w), initial=0.0))
+
+    assert_trees_close(got, want, n, jax.tree_util.tree_map_with_path(magnitude, want))

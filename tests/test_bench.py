@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from lm import bench
+from lm.cli import bench as bench_cli
+from lm.train import bench
 
 
 def test_summary_skips_the_compile_window_and_needs_two_windows():
@@ -18,7 +19,7 @@ def test_summary_skips_the_compile_window_and_needs_two_windows():
 
 
 def test_bench_command_reports_throughput_and_writes_json(capsys, tmp_path):
-    bench.main(["bench", "--config", "experiments/gpt_shakespeare_char.py:cpu", "--steps", "20",
+    bench_cli.main(["bench", "--config", "experiments/gpt_shakespeare_char.py:cpu", "--steps", "20",
                 "--config.model.num_layers=1", "--config.model.d_model=32",
                 "--config.model.d_ff=64", "--config.train.batch_size=4",
                 "--json", str(tmp_path / "bench.json")])
@@ -55,7 +56,7 @@ def test_synthetic_batches_have_the_objectives_shapes_and_resume(objective):
 
 
 def test_bench_on_synthetic_data_needs_no_corpus(capsys):
-    bench.main(["bench", "--config", "experiments/bert_mlm_nsp.py:tiny", "--steps", "10",
+    bench_cli.main(["bench", "--config", "experiments/bert_mlm_nsp.py:tiny", "--steps", "10",
                 "--config.data.source=synthetic", "--config.train.batch_size=4",
                 "--config.data.seq_len=32", "--config.model.num_layers=1"])
     assert "steps/s=" in capsys.readouterr().out

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import predict
 from lm.__main__ import main
-from lm.commands import classify_texts
+from lm.eval import predictions as predict
+from lm.generation.inference import classify_texts
 from lm.train import saved
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from lm import config as config_lib
-from lm import sweep
-from lm.train import cli
+from lm.cli import train as cli
+from lm.runs import sweep
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "experiments"

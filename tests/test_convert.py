@@ -18,8 +18,8 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
+from lm.cli.convert import main as convert_main
 from lm.convert import from_hf, load_converted, minilm_dir
-from lm.convert.cli import main as convert_main
 
 TOL = 1e-4
 VOCAB = 99

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import scipy.special
 
-from lm import evaluate, models
+from lm import models
 from lm.__main__ import main
+from lm.eval import perplexity as evaluate
 
 
 def _tiny_gpt(max_len=16):

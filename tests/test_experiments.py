@@ -8,8 +8,8 @@ import pytest
 
 from lm import config as config_lib
 from lm import data, models
-from lm.train import loop, pretrained
 from lm.train import objectives as tasks
+from lm.train import pretrained, setup
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 FILES = sorted(EXPERIMENTS.glob("*.py"))
@@ -36,9 +36,9 @@ def test_config_builds_a_model_and_a_pipeline(path, arg, sentencepiece_model):
     config.data.update(num_threads=1, prefetch=0, workers=0)
     model_cfg = models.ModelConfig(**config.model)
     tokenizer = data.make_tokenizer(config.data)
-    loop.check_vocab(tokenizer.vocab_size, model_cfg.vocab_size)
+    setup.check_vocab(tokenizer.vocab_size, model_cfg.vocab_size)
 
-    make_iterator = loop.iterator_factory(config.data)
+    make_iterator = setup.iterator_factory(config.data)
     batch = next(make_iterator(config.data, tokenizer, split=config.data.train_split,
                                batch_size=2, seed=0))
     rows, length = batch["inputs"].shape

@@ -12,8 +12,8 @@ from flax import linen as nn
 from flax import traverse_util
 
 from lm import config as config_lib
-from lm import predict
 from lm.data import classification
+from lm.eval import predictions as predict
 from lm.models import build, model_config
 from lm.train import pretrained as finetune
 from tests.conftest import FULL_DATA, full_data
@@ -122,7 +122,7 @@ def test_submission_lines():
 
 
 def test_experiment_sweep_is_the_bert_grid_and_keeps_steps_consistent():
-    from lm import sweep
+    from lm.runs import sweep
 
     spec = "experiments/finetune_glue.py:rte,init=random"
     grid = config_lib.load_sweep(spec)

@@ -21,9 +21,9 @@ import pytest
 import torch
 import transformers
 
-from lm import inference
 from lm.convert import from_hf, minilm_dir
-from lm.generate import Sampling, filter_logits, generate
+from lm.generation import inference
+from lm.generation.generate import Sampling, filter_logits, generate
 from lm.models import build, model_config
 from tests.test_convert import VOCAB, bert_config, random_gpt2, randomized, saved, t5_model
 

@@ -5,8 +5,8 @@ import pytest
 import scipy.stats
 from sklearn import metrics as skm
 
-from lm import metrics
 from lm.data import glue
+from lm.eval import metrics
 
 
 @pytest.fixture

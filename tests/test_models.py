@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.generate import generate
+from lm.generation.generate import generate
 from lm.models import ModelConfig, build, model_config
 from lm.nn.transformer import stack_layers
 

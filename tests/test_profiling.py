@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lm import profiling
+from lm.train import profiling
 
 
 def test_trace_of_a_jitted_function_sums_its_ops(tmp_path):
@@ -63,12 +63,13 @@ def test_no_trace_is_a_clear_error(tmp_path):
 
 
 def test_bench_profile_traces_steps_of_the_real_loop(tmp_path, capsys):
-    from lm import bench
+    from lm.cli import bench as bench_cli
 
-    bench.main(["bench", "--config", "experiments/gpt_shakespeare_char.py:cpu", "--steps", "12",
-                "--profile", str(tmp_path / "trace"), "--profile_steps", "3",
-                "--config.model.num_layers=1", "--config.model.d_model=32",
-                "--config.model.d_ff=64", "--config.train.batch_size=4"])
+    bench_cli.main(["bench", "--config", "experiments/gpt_shakespeare_char.py:cpu",
+                    "--steps", "12", "--profile", str(tmp_path / "trace"),
+                    "--profile_steps", "3", "--config.model.num_layers=1",
+                    "--config.model.d_model=32", "--config.model.d_ff=64",
+                    "--config.train.batch_size=4"])
     out = capsys.readouterr().out
     assert f"profile of steps 6..8 in {tmp_path / 'trace'}" in out
     table = out.split("profile of steps", 1)[1].splitlines()

@@ -8,8 +8,8 @@ import pytest
 import sklearn.metrics
 
 from lm import config as config_lib
-from lm import metrics
 from lm.data import glue, seq2seq, tokenizers
+from lm.eval import metrics
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lm.models import build, model_config
+from tests.conftest import assert_grads_close, f32_tolerance, model_roundings
 
 V, B, T = 97, 2, 8
 
@@ -41,9 +42,8 @@ def test_unrolled_scan_equals_the_scan_loop(family):
     shapes = lambda c: jax.eval_shape(lambda: _params(c))
     assert shapes(unrolled) == shapes(cfg)
     (want, want_grads), (got, got_grads) = (_loss_and_grads(c, params) for c in (cfg, unrolled))
-    np.testing.assert_allclose(got, want, rtol=1e-6)
-    for x, y in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
-        np.testing.assert_allclose(x, y, atol=1e-6)
+    np.testing.assert_allclose(got, want, **f32_tolerance(model_roundings(cfg)))
+    assert_grads_close(got_grads, want_grads, model_roundings(cfg))
 
 
 def test_scan_unroll_must_be_positive():

@@ -9,7 +9,9 @@ import textwrap
 import pytest
 
 from lm import config as config_lib
-from lm import sweep
+from lm.cli import sweep as sweep_cli
+from lm.runs import sweep
+from lm.train.writer import read_records
 
 # A stand-in experiment for the runner's bookkeeping tests (the real trainer is exercised
 # by test_sweep_end_to_end below).
@@ -126,7 +128,7 @@ def test_summarize_marks_missing_points(experiment, tmp_path):
 
 
 def test_print_commands(experiment, tmp_path, capsys):
-    sweep.main(["sweep", "--config", experiment + ":x", "--workdir", str(tmp_path),
+    sweep_cli.main(["sweep", "--config", experiment + ":x", "--workdir", str(tmp_path),
                 "--print_commands", "--config.train.steps=5"])
     commands = capsys.readouterr().out.strip().splitlines()
     assert len(commands) == 4
@@ -143,7 +145,7 @@ def test_print_commands(experiment, tmp_path, capsys):
 
 def test_bad_override_is_a_clear_error(experiment, tmp_path):
     with pytest.raises(SystemExit):
-        sweep.main(["sweep", "--config", experiment, "--workdir", str(tmp_path), "--lr=3"])
+        sweep_cli.main(["sweep", "--config", experiment, "--workdir", str(tmp_path), "--lr=3"])
     with pytest.raises(ValueError, match="unknown config key"):
         sweep.run_points(experiment, str(tmp_path / "s"), ["--config.train.lrr=3"],
                          train_fn=FakeTrain())
@@ -190,13 +192,13 @@ def test_real_2x2_sweep_end_to_end(tmp_path):
     path.write_text(TINY_REAL_EXPERIMENT.format(
         path=REPO / "experiments" / "gpt_shakespeare_char.py"))
     workdir = tmp_path / "sweep"
-    sweep.main(["sweep", "--config", str(path), "--workdir", str(workdir)])
+    sweep_cli.main(["sweep", "--config", str(path), "--workdir", str(workdir)])
     for name in ("results.csv", "results.md", "results.png"):
         assert (workdir / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(workdir / "results.csv")))
     assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
     for row in rows:  # eval at steps 3 and 6: the best is the lower eval/loss of the two
-        evals = {r["step"]: r["eval/loss"] for r in sweep.read_jsonl(
+        evals = {r["step"]: r["eval/loss"] for r in read_records(
             workdir / row["point"] / "metrics.jsonl") if "eval/loss" in r}
         assert int(row["best_step"]) == min(evals, key=evals.get)
     assert len(list(workdir.glob(f"*/{sweep.DONE}"))) == 4

@@ -15,7 +15,8 @@ import scipy.special
 
 from lm import config as config_lib
 from lm import models
-from lm.train import checkpoint, cli, losses, mfu, step, windows
+from lm.cli import train as cli
+from lm.train import checkpoint, losses, mfu, step, windows
 from lm.train import objectives as tasks
 from lm.train.loop import train
 from lm.train.state import TrainState
@@ -262,18 +263,17 @@ def test_gpt2_flops_use_nanogpts_parameter_count():
 
 
 def test_throughput_counts_each_steps_own_tokens_and_skips_the_first(monkeypatch):
-    from lm.train import loop  # noqa: PLC0415
     clock = iter([10.0, 12.0, 20.0])  # window start, first rate, second rate
-    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
-    meter = loop.Throughput()
+    monkeypatch.setattr(mfu.time, "perf_counter", lambda: next(clock))
+    meter = mfu.Throughput()
     meter.tick(999, 1e9)  # the first read starts the clock: its step is not timed
     for tokens in (64, 32, 128):  # length-bucketed batches: each step its own size
         meter.tick(tokens, tokens * 6.0)
     rates = meter.rate()
-    assert rates == loop.Rates(steps=3 / 2, tokens=224 / 2, flops=224 * 6.0 / 2)
+    assert rates == mfu.Rates(steps=3 / 2, tokens=224 / 2, flops=224 * 6.0 / 2)
     assert meter.rate() is None  # no step since
     meter.tick(16, 16.0)
-    assert meter.rate() == loop.Rates(steps=1 / 8, tokens=16 / 8, flops=16 / 8)
+    assert meter.rate() == mfu.Rates(steps=1 / 8, tokens=16 / 8, flops=16 / 8)
 
 
 def test_the_run_holds_its_objects_out_of_the_gc_and_lets_them_go_after(monkeypatch, tmp_path):

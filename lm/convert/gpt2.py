@@ -1,4 +1,4 @@
-"""GPT-2 (GPT2LMHeadModel) -> lm GPT.
+"""GPT-2 (GPT2LMHeadModel, GPT2ForSequenceClassification) -> lm GPT.
 
 GPT-2 uses transformers' Conv1D, whose weight is already [in, out] (no transpose), and one
 fused `c_attn` projecting to [query | key | value].
@@ -90,7 +90,9 @@ def rules(cfg: ModelConfig) -> dict[Path, Rule]:
     }
     for i in range(cfg.num_layers):
         out |= block_rules(i, cfg.num_heads)
-    if not cfg.tie_embeddings:
-        # lm_head sits outside the `transformer.` prefix, so its name is unchanged.
+    # The heads sit outside the `transformer.` prefix, so their names are unchanged.
+    if cfg.num_labels:  # GPT2ForSequenceClassification: a bias-free `score`, no LM head
+        out[("classifier", "kernel")] = ("score.weight", linear)
+    elif not cfg.tie_embeddings:
         out[("lm_head", "kernel")] = ("lm_head.weight", linear)
     return out

@@ -33,6 +33,7 @@ FAMILIES = {"gpt2": gpt2, "bert": bert, "t5": t5}
 # architectures[0] -> (model_type, extra ModelConfig fields derived from the HF config).
 ARCHITECTURES: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "GPT2LMHeadModel": ("gpt2", lambda hf: {}),
+    "GPT2ForSequenceClassification": ("gpt2", lambda hf: {"num_labels": bert.num_labels(hf)}),
     "BertModel": ("bert", lambda hf: {"heads": ()}),
     "BertForPreTraining": ("bert", lambda hf: {"heads": ("mlm", "nsp")}),
     "BertForMaskedLM": ("bert", lambda hf: {"heads": ("mlm",)}),

@@ -1,4 +1,4 @@
-"""GLUE-style classification records from TFDS or TSV files, encoded for BERT.
+"""GLUE-style classification records from TFDS or TSV files, encoded for BERT or GPT.
 
 Every record becomes {'texts': (a,) or (a, b), 'label': int | float, 'idx': int}; the task's
 files, columns and labels come from `lm.data.glue`.
@@ -83,14 +83,37 @@ def records(cfg, split: str) -> Sequence[dict]:
 
 def classification_example(record: dict, tok: Tokenizer, seq_len: int,
                            num_labels: int) -> dict[str, np.ndarray]:
-    """`[CLS] a [SEP] (b [SEP])`, truncating the longer text first to fit seq_len."""
+    """`[CLS] a [SEP] (b [SEP])`, truncating the longer text first to fit seq_len.
+
+    A vocabulary without [CLS] and [SEP] (char, GPT-2's BPE) gives `a <eos> (b <eos>)`: <eos>
+    both separates the texts and ends the example, and a GPT classifier reads that last real
+    token, as GPT-1 reads its "extract" token (a GPT on a sentencepiece model trained here,
+    which has [CLS] and [SEP], gets BERT's layout: [CLS] is GPT-1's start token).
+    """
+    bert_symbols = tok.cls_id is not None and tok.sep_id is not None
     texts = [tok.encode(t) for t in record["texts"]]
-    budget = seq_len - 1 - len(texts)
+    budget = seq_len - bert_symbols - len(texts)
     while sum(map(len, texts)) > budget:
         longest = max(texts, key=len)
         longest.pop()
-    example = bert_example(texts[0], texts[1] if len(texts) > 1 else None, tok, seq_len)
+    example = (bert_example(texts[0], texts[1] if len(texts) > 1 else None, tok, seq_len)
+               if bert_symbols else eos_example(texts, tok, seq_len))
     dtype = np.float32 if num_labels == 1 else np.int32
     example.update(labels=np.asarray(record["label"], dtype),
                    example_weights=np.float32(1.0), idx=np.int32(record["idx"]))
     return example
+
+
+def eos_example(texts: list[list[int]], tok: Tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+    """`a <eos> (b <eos>)` padded to seq_len (with <pad>, else <eos>: padding is masked),
+    in bert_example's keys (token types 0, 1 per text)."""
+    tok.require("eos_id")
+    tokens = [i for text in texts for i in (*text, tok.eos_id)]
+    types = [k for k, text in enumerate(texts) for _ in range(len(text) + 1)]
+    pad = seq_len - len(tokens)
+    pad_id = tok.eos_id if tok.pad_id is None else tok.pad_id
+    return {
+        "inputs": np.asarray(tokens + [pad_id] * pad, np.int32),
+        "token_type_ids": np.asarray(types + [0] * pad, np.int32),
+        "input_mask": np.asarray([1] * len(tokens) + [0] * pad, np.int32),
+    }

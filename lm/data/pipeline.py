@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Sequence
 
 import grain
@@ -233,3 +234,24 @@ def _shard_iterator(cfg, tokenizer: Tokenizer, items: Sequence, *, shard: int,
     elif cfg.prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=cfg.prefetch)
     return iter(ds)
+
+
+def throughput(data_cfg, *, split: str, batch_size: int, batches: int, warmup: int = 5
+               ) -> dict[str, float]:
+    """Examples/s and (non-padding) tokens/s of this data config's batches, past `warmup`."""
+    from lm.data.tokenizers import make_tokenizer
+
+    tok = make_tokenizer(data_cfg)
+    it = make_iterator(data_cfg, tok, split=split, batch_size=batch_size, seed=0)
+    for _ in range(warmup):
+        next(it)
+    examples = tokens = 0
+    start = time.perf_counter()
+    for _ in range(batches):
+        batch = next(it)
+        mask = batch.get("input_mask", batch.get("weights"))
+        examples += len(batch["inputs"])
+        tokens += int(np.count_nonzero(mask))
+    seconds = time.perf_counter() - start
+    return {"examples_per_s": examples / seconds, "tokens_per_s": tokens / seconds,
+            "seconds": seconds, "vocab_size": tok.vocab_size}

@@ -1,4 +1,4 @@
-"""`python -m lm data prepare NAME [--from DIR]`: put a dataset's raw files in the data home.
+"""Put a dataset's raw files in the data home (`python -m lm data prepare NAME [--from DIR]`).
 
 NAME: tiny_shakespeare, wikitext-2, glue (every task) or glue/<task> (sst2, cola, mrpc, ...).
 With `--from DIR` the files are copied from a local copy laid out like the data home
@@ -13,7 +13,6 @@ with data.source='glue' uses TFDS's copy when it is prepared and these TSV files
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import io
@@ -187,15 +186,3 @@ def prepare(name: str, source: str | None = None, *, fetch: Callable[[str], byte
         log(f"{dest}: {how} ({check})")
         written.append(dest)
     return written
-
-
-def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m lm data prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", help="tiny_shakespeare | wikitext-2 | glue | glue/<task>")
-    p.add_argument("--from", dest="source", default=None,
-                   help="a local copy laid out like the data home (default: download)")
-    args = p.parse_args(argv)
-    written = prepare(args.name, args.source)
-    print(f"{args.name}: {len(written)} file(s) in {home.data_home()} "
-          f"({'from ' + args.source if args.source else 'downloaded'})")

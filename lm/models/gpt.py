@@ -1,4 +1,5 @@
-"""GPT: a decoder-only causal LM (GPT-2 at the default config)."""
+"""GPT: a decoder-only causal LM (GPT-2 at the default config), or with `num_labels` a
+sequence classifier (HF GPT2ForSequenceClassification)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 
 from lm.nn.attention import causal_mask, combine_masks, padding_mask, segment_mask
 from lm.nn.config import ModelConfig
-from lm.nn.layers import LMHead, embed, logits
+from lm.nn.layers import LMHead, dense, embed, logits
 from lm.nn.transformer import DecodeIndex, Stack
 
 
@@ -19,7 +20,8 @@ def check_length(cfg: ModelConfig, length: int) -> None:
 
 
 class GPT(nn.Module):
-    """Token (+ learned position) embedding, a causal stack, tied or untied LM head."""
+    """Token (+ learned position) embedding, a causal stack, tied or untied LM head; with
+    cfg.num_labels a classifier of the last real token instead (1 label = regression)."""
 
     cfg: ModelConfig
 
@@ -33,10 +35,11 @@ class GPT(nn.Module):
         input_mask: jax.Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
-    ) -> jax.Array:
-        """Logits BxTxV. `positions` (BxT) default to the sequence (decode: cache-slot) index;
-        `input_mask` (1 = real token) masks padded keys: BxT, or BxS over the cache slots
-        when decoding (left-padded prompts: generate.py)."""
+    ) -> jax.Array | dict[str, jax.Array]:
+        """Logits BxTxV, or with cfg.num_labels {'logits': BxC} (as BERT's classifier).
+        `positions` (BxT) default to the sequence (decode: cache-slot) index; `input_mask`
+        (1 = real token) masks padded keys: BxT, or BxS over the cache slots when decoding
+        (left-padded prompts: generate.py)."""
         cfg = self.cfg
         B, T = tokens_BxT.shape
         if decode:
@@ -64,6 +67,20 @@ class GPT(nn.Module):
             deterministic=deterministic,
             decode=decode,
         )
+        if cfg.num_labels:
+            return {"logits": self._classify(x_BxTxD, input_mask)}
         if cfg.tie_embeddings:
             return logits(x_BxTxD, token_embed.embedding, cfg.dtype)
         return LMHead(cfg, name="lm_head")(x_BxTxD)
+
+    def _classify(self, x_BxTxD: jax.Array, input_mask_BxT: jax.Array | None) -> jax.Array:
+        """A bias-free `score` of the final hidden state at each row's rightmost real token
+        (HF's rule, so left or right padding; the last token without a mask)."""
+        T = x_BxTxD.shape[1]
+        index_T = jnp.arange(T, dtype=jnp.int32)
+        last_B = (jnp.full(x_BxTxD.shape[:1], T - 1) if input_mask_BxT is None
+                  else jnp.argmax(index_T * input_mask_BxT, axis=-1))
+        x_BxD = jnp.take_along_axis(x_BxTxD, last_B[:, None, None], axis=1)[:, 0]
+        score = dense(self.cfg, self.cfg.num_labels, ("embed", "classes"), "classifier",
+                      use_bias=False)
+        return score(x_BxD).astype(jnp.float32)

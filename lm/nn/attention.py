@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm.nn import ops
 from lm.nn.config import ModelConfig
-from lm.nn.layers import dense, matmul_2d
+from lm.nn.layers import dense
 from lm.nn.partitioning import constrain, param_init
 
 # Logits of masked pairs. Finite (HF uses the dtype's min too), so a fully masked row gives a
@@ -141,12 +142,17 @@ def _weighted_values(probs_BxNxTxS, v_BxSxNxH):
     return jnp.einsum("BNTS,BSNH->BTNH", probs_BxNxTxS.astype(v_BxSxNxH.dtype), v_BxSxNxH)
 
 
+def _softmax_attention_formula(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale):
+    """Attention without dropout; autodiff gives its backward (kernels='plain')."""
+    return _weighted_values(_probs(q_BxTxNxH, k_BxSxNxH, mask, bias, scale), v_BxSxNxH)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _softmax_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale):
-    """Attention without dropout, with its backward written out (FlashAttention's): autodiff
-    of the masked softmax costs XLA:CPU slow row reductions and extra passes over the
-    (B, N, T, S) probabilities."""
-    return _weighted_values(_probs(q_BxTxNxH, k_BxSxNxH, mask, bias, scale), v_BxSxNxH)
+    """Attention without dropout, with its backward written out (FlashAttention's) for
+    kernels='cpu': autodiff of the masked softmax costs XLA:CPU slow row reductions and extra
+    passes over the (B, N, T, S) probabilities (measured on CPU, see docs/performance.md)."""
+    return _softmax_attention_formula(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale)
 
 
 def _softmax_attention_fwd(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale):
@@ -182,14 +188,17 @@ def _softmax_attention_bwd(scale, residuals, dout_BxTxNxH):
 _softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
-def _xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, scale, dropout_rate, rng):
+def _xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, scale, dropout_rate, rng,
+                   kernels):
     G = q_BxTxNxH.shape[2] // k_BxSxKxH.shape[2]
     # Query head n = k * G + g reads kv head k. Repeating the kv heads keeps every product
     # a plain batched matmul over (B, N); autodiff of the repeat sums their gradients.
     k_BxSxNxH = jnp.repeat(k_BxSxKxH, G, axis=2) if G > 1 else k_BxSxKxH
     v_BxSxNxH = jnp.repeat(v_BxSxKxH, G, axis=2) if G > 1 else v_BxSxKxH
     if rng is None:
-        return _softmax_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale)
+        vjp = ops.kernels(kernels).attention_vjp
+        fn = _softmax_attention if vjp else _softmax_attention_formula
+        return fn(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, bias, scale)
     probs_BxNxTxS = _probs(q_BxTxNxH, k_BxSxNxH, mask, bias, scale)
     keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs_BxNxTxS.shape)
     probs_BxNxTxS = jnp.where(keep, probs_BxNxTxS / (1.0 - dropout_rate), 0.0)
@@ -207,20 +216,23 @@ def attention(
     impl: str = "xla",
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    kernels: str = "auto",
 ) -> jax.Array:
     """Softmax(q k^T * scale + bias, masked) v, with K kv heads shared by G = N/K query heads.
 
     impl 'xla': einsum + float32 softmax (supports attention dropout);
     'dot': `jax.nn.dot_product_attention` (XLA); 'cudnn': its fused cuDNN kernel on an NVIDIA
     GPU, the same function through XLA elsewhere (so a GPU config runs, and is tested, on CPU).
-    dropout_rng=None means no attention dropout.
+    dropout_rng=None means no attention dropout. `kernels` (ModelConfig.kernels) picks the
+    backward of 'xla' without dropout: written out ('cpu') or autodiff ('plain').
     """
     N, K = q_BxTxNxH.shape[2], k_BxSxKxH.shape[2]
     if N % K:
         raise ValueError(f"{K} kv heads do not divide {N} query heads")
     if impl == "xla":
         return _xla_attention(
-            q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, scale, dropout_rate, dropout_rng
+            q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, scale, dropout_rate, dropout_rng,
+            kernels
         )
     if impl not in ("dot", "cudnn"):
         raise ValueError(f"attention impl {impl!r} is not one of ('xla', 'dot', 'cudnn')")
@@ -271,7 +283,7 @@ class MultiHeadAttention(nn.Module):
         is_self = x_kv_BxSxD is None
         x_kv_BxSxD = x_BxTxD if is_self else x_kv_BxSxD
         N, K, H = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
-        if is_self and N == K:  # one matmul for q, k and v
+        if is_self and N == K:  # q, k and v share their input
             q_BxTxNxH, k_BxSxKxH, v_BxSxKxH = self._project(
                 x_BxTxD, N, "heads", ("query", "key", "value"))
         else:
@@ -295,6 +307,7 @@ class MultiHeadAttention(nn.Module):
             impl=cfg.attention_impl,
             dropout_rate=cfg.attention_dropout_rate,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
+            kernels=cfg.kernels,
         )
         out_BxTxNxH = constrain(out_BxTxNxH, ("batch", "length", "heads", "head_dim"))
         out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out", in_axes=2,
@@ -304,18 +317,23 @@ class MultiHeadAttention(nn.Module):
 
     def _project(self, x_BxTxD: jax.Array, heads: int, head_axis: str, names: tuple[str, ...]
                  ) -> tuple[jax.Array, ...]:
-        """x @ each named (D, heads, H) kernel, as ONE matmul with the kernels concatenated
-        along H (params unchanged; the heads axis, which tensor parallelism shards, is left
-        whole): three 128-wide products cost XLA:CPU more than one 384-wide one."""
+        """x @ each named (D, heads, H) kernel. With kernels='cpu', as ONE matmul with the
+        kernels concatenated along H (params unchanged; the heads axis, which tensor
+        parallelism shards, is left whole): on CPU three 128-wide products cost more than one
+        384-wide one (measured on CPU, see docs/performance.md)."""
         cfg, H = self.cfg, self.cfg.dim_per_head
         axes = ("embed", head_axis, "head_dim")
-        weights = [dense(cfg, (heads, H), axes, name, role="query" if name == "query" else "")
-                   .weights(x_BxTxD.shape[-1:]) for name in names]
+        layers = [dense(cfg, (heads, H), axes, name, role="query" if name == "query" else "")
+                  for name in names]
+        names_out = ("batch", "length", head_axis, "head_dim")
+        if not ops.kernels(cfg.kernels).fused_qkv:
+            return tuple(constrain(layer(x_BxTxD), names_out) for layer in layers)
+        weights = [layer.weights(x_BxTxD.shape[-1:]) for layer in layers]
         kernel_DxNxCH = jnp.concatenate([kernel for kernel, _ in weights], axis=2)
-        y_BxTxNxCH = matmul_2d(x_BxTxD.astype(cfg.dtype), kernel_DxNxCH, 1)
+        y_BxTxNxCH = ops.matmul_2d(x_BxTxD.astype(cfg.dtype), kernel_DxNxCH, 1)
         if weights[0][1] is not None:
             y_BxTxNxCH = y_BxTxNxCH + jnp.concatenate([bias for _, bias in weights], axis=1)
-        return tuple(constrain(y_BxTxNxH, ("batch", "length", head_axis, "head_dim"))
+        return tuple(constrain(y_BxTxNxH, names_out)
                      for y_BxTxNxH in jnp.split(y_BxTxNxCH, len(names), axis=3))
 
     def _update_cache(

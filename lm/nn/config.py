@@ -16,6 +16,9 @@ NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("xla", "dot", "cudnn")
+# Op variants (lm.nn.ops.kernels): 'cpu' = tuned on CPU, 'plain' = formulas with autodiff,
+# 'auto' = 'cpu' on the CPU backend, else 'plain'. Both compute the same function.
+KERNELS = ("auto", "cpu", "plain")
 BERT_HEADS = ("mlm", "nsp")
 # How parameters start (lm.nn.layers.init_std): 'normal' N(0, init_std) everywhere (BERT);
 # 'gpt2' also scales the projections into the residual stream by 1/sqrt(2 L) (GPT-2,
@@ -69,6 +72,7 @@ class ModelConfig:
     rel_max_distance: int = 128
     dtype: str = "float32"  # compute dtype; params are always float32
     attention_impl: str = "xla"
+    kernels: str = "auto"  # KERNELS
     scan_layers: bool = True
     # Layers per iteration of the scan's loop (params stay stacked either way); num_layers
     # unrolls it fully, which saves the loop's per-layer slicing and stacking where layers
@@ -114,6 +118,7 @@ def _validate(cfg: ModelConfig) -> None:
         ("activation", ACTIVATIONS),
         ("dtype", DTYPES),
         ("attention_impl", ATTENTION_IMPLS),
+        ("kernels", KERNELS),
         ("remat_policy", REMAT_POLICIES),
         ("init", INITS),
     ]:

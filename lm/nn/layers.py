@@ -5,8 +5,9 @@ Params are float32; layers compute in `cfg.dtype`; logits come out float32.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -17,25 +18,18 @@ from lm.nn.config import ModelConfig
 from lm.nn.partitioning import constrain, param_init
 
 ACTIVATIONS = {
-    "gelu": ops.gelu,  # exact (erf): BERT, nanoGPT
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact (erf): BERT, nanoGPT
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2 "gelu_new", T5 v1.1
     "relu": jax.nn.relu,  # original T5
     "silu": jax.nn.silu,  # SwiGLU when gated
 }
 
 
-def matmul_2d(x: jax.Array, kernel: jax.Array, in_axes: int) -> jax.Array:
-    """tensordot(x, kernel, in_axes) as one 2-D (rows, in) @ (in, out) matmul.
-
-    The reshapes are free (row-major bitcasts). A 3-D dot makes XLA:CPU transpose the
-    (B, T, F) gradient inside an elementwise fusion for the weight gradient; in 2-D the
-    backward is two plain matmuls (3x faster for the GPT MLP on CPU).
-    """
-    lead, contract = x.shape[: x.ndim - in_axes], x.shape[x.ndim - in_axes :]
-    out = kernel.shape[in_axes:]
-    x_RxI = x.reshape(-1, math.prod(contract))
-    y_RxO = x_RxI @ kernel.reshape(x_RxI.shape[1], math.prod(out))
-    return y_RxO.reshape(*lead, *out)
+def activation(cfg: ModelConfig) -> Callable[[jax.Array], jax.Array]:
+    """cfg.activation; exact GELU in the variant of cfg.kernels (lm.nn.ops)."""
+    if cfg.activation == "gelu":
+        return ops.kernels(cfg.kernels).gelu
+    return ACTIVATIONS[cfg.activation]
 
 
 def init_std(cfg: ModelConfig, fan_in: int | None = None, role: str = "") -> float:
@@ -84,7 +78,8 @@ class Dense(nn.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = self.weights(x.shape[x.ndim - self.in_axes :])
-        y = matmul_2d(x.astype(self.cfg.dtype), kernel, self.in_axes)
+        matmul = ops.kernels(self.cfg.kernels).matmul
+        y = matmul(x.astype(self.cfg.dtype), kernel, self.in_axes)
         return y if bias is None else y + bias
 
 
@@ -119,9 +114,9 @@ def embed(cfg: ModelConfig, num: int, names: Sequence[str], name: str) -> nn.Emb
 
 
 class LayerNorm(nn.Module):
-    """flax.linen.LayerNorm(use_fast_variance=False)'s params and function, with the
-    hand-written derivative of lm.nn.ops.layer_norm. The variance is E[(x - mean)^2] as
-    PyTorch computes it; the fast E[x^2] - mean^2 loses digits."""
+    """flax.linen.LayerNorm(use_fast_variance=False)'s params and function, in the variant of
+    cfg.kernels (lm.nn.ops). The variance is E[(x - mean)^2] as PyTorch computes it; the fast
+    E[x^2] - mean^2 loses digits."""
 
     cfg: ModelConfig
 
@@ -132,7 +127,8 @@ class LayerNorm(nn.Module):
         bias = None
         if cfg.use_bias:
             bias = self.param("bias", param_init(nn.initializers.zeros, ("embed",)), shape)
-        return ops.layer_norm(x.astype(jnp.float32), scale, bias, cfg.norm_eps).astype(cfg.dtype)
+        layer_norm = ops.kernels(cfg.kernels).layer_norm
+        return layer_norm(x.astype(jnp.float32), scale, bias, cfg.norm_eps).astype(cfg.dtype)
 
 
 def norm(cfg: ModelConfig, name: str) -> nn.Module:
@@ -151,7 +147,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         cfg = self.cfg
-        h_BxTxF = ACTIVATIONS[cfg.activation](dense(cfg, cfg.d_ff, ("embed", "mlp"), "wi")(x_BxTxD))
+        h_BxTxF = activation(cfg)(dense(cfg, cfg.d_ff, ("embed", "mlp"), "wi")(x_BxTxD))
         if cfg.gated:
             h_BxTxF = h_BxTxF * dense(cfg, cfg.d_ff, ("embed", "mlp"), "wi_linear")(x_BxTxD)
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))

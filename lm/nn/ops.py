@@ -1,15 +1,23 @@
-"""Ops with hand-written derivatives, where XLA's own (autodiff) compiles poorly on CPU.
+"""Ops in two variants, picked by `ModelConfig.kernels` through `kernels(setting)`.
 
-Each computes the same function as its plain formula; tests compare values and gradients
-with `jax.grad` of the formula in float64 (tests/test_ops.py). Why each one exists is
-measured with `python -m lm bench --profile` on the GPT of experiments/gpt_shakespeare_char.py.
+'cpu': hand-written derivatives and 2-D matmul layouts, chosen from XLA:CPU profiles
+(`python -m lm bench --profile`; measured on CPU, see docs/performance.md). 'plain': the
+formulas themselves with autodiff, for GPU and TPU, where nothing measured the 'cpu'
+variants. 'auto' is 'cpu' on the CPU backend, else 'plain'.
+
+Both compute the same function: tests compare values and gradients with each other and with
+`jax.grad` of the formula in float64 (tests/test_ops.py, tests/test_speed_equivalence.py).
 """
 
 import functools
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from lm.nn.config import KERNELS
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -86,3 +94,60 @@ def _layer_norm_bwd(eps, residuals, g):
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+def matmul_2d(x: jax.Array, kernel: jax.Array, in_axes: int) -> jax.Array:
+    """tensordot(x, kernel, in_axes) as one 2-D (rows, in) @ (in, out) matmul.
+
+    The reshapes are free (row-major bitcasts). A 3-D dot makes XLA:CPU transpose the
+    (B, T, F) gradient inside an elementwise fusion for the weight gradient; in 2-D the
+    backward is two plain matmuls.
+    """
+    lead, contract = x.shape[: x.ndim - in_axes], x.shape[x.ndim - in_axes :]
+    out = kernel.shape[in_axes:]
+    x_RxI = x.reshape(-1, math.prod(contract))
+    y_RxO = x_RxI @ kernel.reshape(x_RxI.shape[1], math.prod(out))
+    return y_RxO.reshape(*lead, *out)
+
+
+def matmul(x: jax.Array, kernel: jax.Array, in_axes: int) -> jax.Array:
+    """The last `in_axes` axes of x contracted with the first of kernel: one dot_general."""
+    return jnp.tensordot(x, kernel, in_axes)
+
+
+# ----------------------------------------------------------------------------- the switch
+
+
+class Kernels(NamedTuple):
+    """The variant of each op that one `ModelConfig.kernels` setting uses."""
+
+    name: str  # 'cpu' | 'plain' (never 'auto')
+    gelu: Callable[[jax.Array], jax.Array]
+    layer_norm: Callable[[jax.Array, jax.Array, jax.Array | None, float], jax.Array]
+    matmul: Callable[[jax.Array, jax.Array, int], jax.Array]
+    # lm.nn.attention: q, k and v from one matmul of the concatenated kernels; softmax
+    # attention with its backward written out (else autodiff of the einsum formula).
+    fused_qkv: bool
+    attention_vjp: bool
+
+
+_TABLE = {
+    "cpu": Kernels("cpu", gelu, layer_norm, matmul_2d, fused_qkv=True, attention_vjp=True),
+    "plain": Kernels("plain", functools.partial(jax.nn.gelu, approximate=False),
+                     layer_norm_formula, matmul, fused_qkv=False, attention_vjp=False),
+}
+
+
+def resolve_kernels(setting: str) -> str:
+    """'cpu' or 'plain': 'auto' is 'cpu' on the CPU backend (where the 'cpu' variants were
+    measured) and 'plain' on GPU and TPU."""
+    if setting == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "plain"
+    if setting not in _TABLE:
+        raise ValueError(f"kernels={setting!r} is not one of {KERNELS}")
+    return setting
+
+
+def kernels(setting: str) -> Kernels:
+    """The ops of `ModelConfig.kernels` = setting, 'auto' resolved at trace time."""
+    return _TABLE[resolve_kernels(setting)]

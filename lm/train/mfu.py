@@ -16,7 +16,7 @@ import os
 import pathlib
 import platform
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -170,3 +170,39 @@ def peak_flops_and_source(device: jax.Device, dtype: str) -> tuple[float | None,
 def peak_flops(device: jax.Device, dtype: str) -> float | None:
     """Peak FLOP/s of one device for compute in `dtype`; None for an unknown accelerator."""
     return peak_flops_and_source(device, dtype)[0]
+
+
+class Rates(NamedTuple):
+    steps: float
+    tokens: float
+    flops: float
+
+
+class Throughput:
+    """Steps, tokens and FLOPs per second between host reads; a window starts at the first
+    read after a pause (compile, eval, checkpoint), so those pauses never count."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._start, self._count, self._tokens, self._flops = None, 0, 0, 0.0
+
+    def tick(self, tokens: int = 0, flops: float = 0.0) -> None:
+        """A step was read: the first one only starts the clock (its time is not measured)."""
+        if self._start is None:
+            self._start = time.perf_counter()
+        else:
+            self._count, self._tokens, self._flops = (
+                self._count + 1, self._tokens + tokens, self._flops + flops)
+
+    def rate(self) -> Rates | None:
+        """Rates since the window started (None if too few steps), and start a new one."""
+        if not self._count:
+            return None
+        now = time.perf_counter()
+        seconds = max(now - self._start, 1e-9)
+        rates = Rates(self._count / seconds, self._tokens / seconds, self._flops / seconds)
+        self.reset()
+        self._start = now
+        return rates

@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm import metrics
 from lm.data import glue
 from lm.errors import UserError
+from lm.eval import metrics
 from lm.train import losses
 
 Batch = dict[str, jax.Array]
@@ -63,7 +63,8 @@ def init_params(objective: Objective, model: nn.Module, rng: jax.Array, batch: B
 
 def _gpt_inputs(batch):
     return (batch["inputs"],), dict(
-        segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
+        segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
+        input_mask=batch.get("input_mask"))
 
 
 def _bert_inputs(batch):
@@ -75,6 +76,10 @@ def _bert_inputs(batch):
 def _t5_inputs(batch):
     return (batch["inputs"], batch["decoder_inputs"]), dict(
         encoder_mask=batch["input_mask"], decoder_mask=_decoder_mask(batch))
+
+
+# A classification batch feeds either classifier: GPT ignores token_type_ids.
+_CLASSIFIER_INPUTS = {"bert": _bert_inputs, "gpt": _gpt_inputs}
 
 
 def _decoder_mask(batch: Batch) -> jax.Array:
@@ -148,7 +153,8 @@ OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
     "span_corruption": lambda model_cfg: Objective(_t5_inputs, (_LM,), perplexity=True),
     "seq2seq": lambda model_cfg: Objective(_t5_inputs, (_LM,), perplexity=True, decodes=True),
     "classification": lambda model_cfg: Objective(
-        _bert_inputs, (_REGRESSION if model_cfg.num_labels == 1 else _CLASSES,),
+        _CLASSIFIER_INPUTS[model_cfg.family],
+        (_REGRESSION if model_cfg.num_labels == 1 else _CLASSES,),
         host_metrics=_glue_metrics,
     ),
 }

@@ -5,9 +5,12 @@ The trainer calls these at start-up, before anything is written to the workdir:
 - `resolve(config)`: with `init.checkpoint` (a workdir of this project) or `init.hf_dir` (a
   Hugging Face directory, or 'minilm'), the model's architecture comes from that source and
   `config.model` keeps only its free fields (dropout, dtype, heads, num_labels...); when
-  `data.tokenizer.path` is empty the tokenizer is the source's too. `train.epochs > 0` sets
-  `train.steps_per_epoch` from the train split's size and `train.steps` = epochs × that, and
-  every field an experiment derives from them (warmup, eval cadence...) follows.
+  `data.tokenizer.path` is empty the tokenizer is the source's too (a run's char vocabulary
+  is saved to its workdir as chars.json for that). A BERT source gives a BERT classifier, a
+  GPT one a GPT classifier (GPT2ForSequenceClassification): the family is the source's.
+  `train.epochs > 0` sets `train.steps_per_epoch` from the train split's size and
+  `train.steps` = epochs × that, and every field an experiment derives from them (warmup,
+  eval cadence...) follows.
 - `init_params(config, fresh)`: the fresh params with every leaf the source has; subtrees it
   lacks (a new classifier) keep their fresh initialisation, its extra ones (MLM/NSP heads)
   are dropped.
@@ -19,6 +22,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -86,9 +90,28 @@ def _source(init_cfg: Mapping) -> tuple[ModelConfig, dict[str, Any], str] | None
         return model, tokenizer, f"HF directory {directory}"
     if checkpoint:
         saved = run_config(checkpoint)
-        return ModelConfig(**saved["model"]), dict(saved["data"]["tokenizer"]), \
+        return ModelConfig(**saved["model"]), run_tokenizer(checkpoint, saved["data"]), \
             f"run {checkpoint}"
     return None
+
+
+def run_tokenizer(workdir: str | pathlib.Path, data_cfg: Mapping) -> dict[str, Any]:
+    """The tokenizer block of a run, usable with other data. A char vocabulary that the run
+    read from its text (path '') is written once to `workdir/chars.json`: the finetuning data
+    is another text, with other characters."""
+    tokenizer = dict(data_cfg["tokenizer"])
+    if tokenizer["kind"] == "char" and not tokenizer["path"]:
+        path = pathlib.Path(workdir) / "chars.json"
+        if not path.is_file():
+            from lm.data import sources, tokenizers
+
+            docs = sources.text_source(ml_collections.ConfigDict(data_cfg),
+                                       tokenizer["vocab_split"])
+            partial = path.with_name(f"{path.name}.{os.getpid()}")
+            tokenizers.save_chars(docs, str(partial))
+            os.replace(partial, path)  # every host may write it: each write is whole
+        tokenizer["path"] = str(path)
+    return tokenizer
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -16,21 +16,32 @@ from typing import Any
 import ml_collections
 
 from lm import config as config_lib
-from lm import data, models
 from lm.errors import UserError
-from lm.nn.config import ModelConfig
-from lm.train import checkpoint, pretrained
+from lm.train import checkpoint, pretrained, setup
 
 
 @dataclasses.dataclass
 class SavedRun:
     workdir: pathlib.Path
-    config: ml_collections.ConfigDict  # as recorded in config.json
-    model_cfg: ModelConfig
-    model: Any
-    tokenizer: Any
+    setup: setup.Setup  # from the recorded config.json, on this process's devices
     params: Any
     step: int
+
+    @property
+    def config(self) -> ml_collections.ConfigDict:
+        return self.setup.config
+
+    @property
+    def model_cfg(self):
+        return self.setup.model_cfg
+
+    @property
+    def model(self):
+        return self.setup.model
+
+    @property
+    def tokenizer(self):
+        return self.setup.tokenizer
 
 
 def load(workdir: str | pathlib.Path, step: int | str = "best",
@@ -49,6 +60,5 @@ def load(workdir: str | pathlib.Path, step: int | str = "best",
     if fixed:
         raise UserError(f"model fields {fixed} are fixed by the checkpoint's parameters; only "
                         f"{sorted(pretrained.FREE_FIELDS)} can change when reading a run")
-    model_cfg = model_cfg.replace(**changed)
-    return SavedRun(pathlib.Path(workdir), config, model_cfg, models.build(model_cfg),
-                    data.make_tokenizer(config.data), params, step)
+    parts = setup.build(config, mesh=setup.reader_mesh(), model_cfg=model_cfg.replace(**changed))
+    return SavedRun(pathlib.Path(workdir), parts, params, step)

@@ -104,15 +104,45 @@ class MetricsWriter:
 _SHOWN = ("train/loss", "train/tokens_per_s")
 
 
-def truncate_records(path: pathlib.Path, last_step: int) -> None:
-    """Drops the records of metrics.jsonl whose step is past `last_step` (atomically)."""
+def read_records(path: str | pathlib.Path, *, log=None) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (the one reader: sweeps, studies, bench, scripts).
+
+    A torn last line (a kill or a full disk mid-write) is dropped, and said so through `log`;
+    a damaged line before the last is an error naming the file and the line.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError
+        except ValueError:
+            if number == len(lines):
+                if log:
+                    log(f"{path}: dropped a torn last record (line {number}): {line[:40]!r}")
+                break
+            raise UserError(f"{path}, line {number} is not a metrics record: {line[:60]!r}. "
+                            "Delete that line (or the file) to go on") from None
+        records.append(record)
+    return records
+
+
+def truncate_records(path: pathlib.Path, last_step: int, *, log=None) -> None:
+    """Drops the records of metrics.jsonl whose step is past `last_step`, and a torn last
+    line (atomically)."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
-    if len(keep) != len(lines):
+    records = read_records(path, log=log)
+    keep = [r for r in records if r["step"] <= last_step]
+    if len(keep) != len(path.read_text(errors="replace").splitlines()):
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         tmp.replace(path)
 
 

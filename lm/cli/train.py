@@ -1,4 +1,4 @@
-"""The `train` command:
+"""`python -m lm train`: train (or resume) an experiment in a workdir.
 
     python -m lm train --config experiments/<file>.py[:<arg>] --workdir DIR \\
         [--quiet] [--allow_config_change] [--config.<dotted.key>=<value> ...]
@@ -10,19 +10,18 @@ the same command to resume), 1 with a one-line message on bad input.
 import sys
 
 from lm import config as config_lib
-
-USAGE = __doc__.split("\n\n", 1)[1].strip()
+from lm.cli import common
 
 
 def main(argv: list[str]) -> None:
     """argv[0] is the command name ('train')."""
-    parser = config_lib.command_parser("python -m lm train", USAGE)
-    parser.add_argument("--workdir", required=True, help="checkpoints, metrics, config.json")
-    parser.add_argument("--quiet", action="store_true", help="plain log lines, no progress bar")
-    parser.add_argument("--allow_config_change", action="store_true",
-                        help="resume a run with a config that differs from the recorded one "
-                        "(the change is logged in config_changes.jsonl with its step)")
-    flags, overrides = config_lib.parse_command_line(parser, argv[1:])
+    p = common.parser("train", __doc__)
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics, config.json")
+    p.add_argument("--quiet", action="store_true", help="plain log lines, no progress bar")
+    p.add_argument("--allow_config_change", action="store_true",
+                   help="resume a run with a config that differs from the recorded one "
+                   "(the change is logged in config_changes.jsonl with its step)")
+    flags, overrides = common.parse(p, argv[1:])
     config = config_lib.load(flags.config, overrides)
     from lm import distributed
     from lm.train import checkpoint, loop  # after parsing: a typo does not wait for jax

@@ -20,13 +20,13 @@ import math
 import pathlib
 import re
 import shlex
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm import config as config_lib
 from lm.errors import MissingFileError, UserError
+from lm.train.writer import read_records
 
 Point = dict[str, Any]
 
@@ -165,12 +165,6 @@ def commands(spec: str, workdir: str, cli_overrides: Sequence[str] = ()) -> list
 # ---------------------------------------------------------------- collecting results
 
 
-def read_jsonl(path: pathlib.Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def summarize_point(point_dir: pathlib.Path) -> dict[str, Any]:
     """Final and best eval metrics, steps and wall time of one point, from its files.
 
@@ -180,7 +174,7 @@ def summarize_point(point_dir: pathlib.Path) -> dict[str, Any]:
     info = json.loads((point_dir / POINT_FILE).read_text()) if (
         point_dir / POINT_FILE).exists() else {}
     done = json.loads((point_dir / DONE).read_text()) if (point_dir / DONE).exists() else None
-    history = read_jsonl(point_dir / "metrics.jsonl")
+    history = read_records(point_dir / "metrics.jsonl")
     evals = [row for row in history if any(k.startswith("eval/") for k in row)]
     metric, mode = info.get("metric", "eval/loss"), info.get("mode", "min")
     best_step = (done or {}).get("result", {}).get("best/step")
@@ -313,26 +307,3 @@ def summarize(workdir: str, log=print) -> list[dict]:
     if missing:
         log(f"{len(missing)} point(s) not finished: {', '.join(missing)}")
     return rows
-
-
-# ---------------------------------------------------------------- command line
-
-
-def main(argv: list[str]) -> None:
-    """`python -m lm sweep`: see the module docstring."""
-    parser = config_lib.command_parser("python -m lm sweep", __doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True, help="one subdirectory per point")
-    parser.add_argument("--print_commands", action="store_true",
-                        help="print one `python -m lm train` command per point and exit")
-    parser.add_argument("--summarize", action="store_true",
-                        help="only rebuild results.csv/.md/.png from DIR")
-    args, overrides = config_lib.parse_command_line(parser, argv[1:])
-    flags = [f"--config.{k}={v}" for k, v in overrides.items()]
-    if args.print_commands:
-        print("\n".join(commands(args.config, args.workdir, flags)))
-        return
-    if not args.summarize and run_points(args.config, args.workdir, flags) is None:
-        from lm.train.checkpoint import PREEMPTED_EXIT
-
-        sys.exit(PREEMPTED_EXIT)
-    summarize(args.workdir)

@@ -22,18 +22,13 @@ accelerator's real peak), and leave headroom (JAX takes 75% of a GPU by default)
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import re
-import sys
 import time
 from typing import Any
 
-from lm import config as config_lib
 from lm.errors import UserError
 
-USAGE = __doc__.split("\n\n", 2)[1].strip()
 # Cheapest first: each recomputes more of the forward pass in the backward.
 REMAT_ORDER = ("none", "dots_with_no_batch_dims_saveable", "full")
 MAX_COMPILES = 12
@@ -78,35 +73,19 @@ class Planner:
     def __init__(self, config, devices: list, devices_per_host: int):
         import jax
 
-        from lm import models
         from lm.data import specs
-        from lm.train import objectives, optim, sharding, topology
+        from lm.train import setup, sharding
 
-        self.config, t = config, config.train
-        self.model_cfg = models.ModelConfig(**config.model)
-        self.objective = objectives.get(config.data.objective, self.model_cfg)
-        self.tx, self.schedule = optim.make_optimizer(t)
-        self.mesh = sharding.make_mesh(config.mesh, devices, devices_per_host)
-        self.rules = sharding.logical_rules(config.mesh)
-        topology.check(config, self.mesh)
-        self.batch_splits = math.prod(self.mesh.shape[a] for a in sharding.BATCH_AXES)
-        spec = specs.batch_spec(config.data, t.batch_size)
-        self.batch = {k: jax.ShapeDtypeStruct(shape, dtype,
-                                              sharding=sharding.batch_sharding(self.mesh))
+        mesh = sharding.make_mesh(config.mesh, devices, devices_per_host)
+        self.setup = setup.build(config, mesh=mesh, tokenizer=None)
+        self.config, self.model_cfg, self.mesh = self.setup.config, self.setup.model_cfg, mesh
+        self.batch_splits = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+        spec = specs.batch_spec(self.config.data, self.config.train.batch_size)
+        self.batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.setup.batch_sharding)
                       for k, (shape, dtype) in spec.items()}
         self._one_row = {k: jax.numpy.zeros((1, *shape[1:]), dtype)
                          for k, (shape, dtype) in spec.items()}
-        self.state, self.shardings = self._abstract_state(models.build(self.model_cfg))
-
-    def _abstract_state(self, model):
-        import jax
-
-        from lm.train import sharding
-        from lm.train.state import init_state
-
-        init_fn = lambda: init_state(self.objective, model, self.tx, jax.random.key(0),
-                                     self._one_row)
-        return sharding.abstract_sharded(init_fn, self.mesh, self.rules)
+        self.state, self.shardings = self.setup.abstract_state(self._one_row)
 
     def device_bytes(self, tree) -> int:
         """Bytes of this tree's shards on one device (the first: FSDP shards are equal)."""
@@ -117,17 +96,17 @@ class Planner:
 
     def _lower(self, remat: str, accum: int, scan: bool = True):
         """The jitted train step of this variant of the model, lowered."""
+        import dataclasses as dc
+
         from lm import models
-        from lm.train import sharding, step
+        from lm.train import sharding
 
         model = models.build(self.model_cfg.replace(remat_policy=remat, scan_layers=scan))
-        state, shardings = (self.state, self.shardings) if scan else self._abstract_state(model)
-        train_step = step.jit_train_step(
-            model=model, objective=self.objective, tx=self.tx, schedule=self.schedule,
-            accum_steps=accum, dropout_seed=0, state_shardings=shardings,
-            parallel_micro_batches=self.config.train.parallel_micro_batches,
-            batch_sharding=self.batch["inputs"].sharding)
-        with sharding.use_mesh(self.mesh, self.rules):
+        variant = dc.replace(self.setup, model=model)
+        state, shardings = (self.state, self.shardings) if scan else \
+            variant.abstract_state(self._one_row)
+        train_step = variant.train_step(shardings, accum_steps=accum)
+        with sharding.use_mesh(self.mesh, self.setup.rules):
             return train_step.lower(state, self.batch)
 
     def estimate(self, remat: str, accum: int) -> Estimate:
@@ -163,11 +142,11 @@ class Planner:
         model = models.build(self.model_cfg.replace(remat_policy=remat))
 
         def loss(p, b):
-            out = objectives.forward(self.objective, model, p, b, deterministic=False,
+            out = objectives.forward(self.setup.objective, model, p, b, deterministic=False,
                                      rngs={"dropout": jax.random.key(0)})
-            sums = objectives.metric_sums(self.objective, out, b)
-            return objectives.total_loss(self.objective, sums,
-                                         objectives.term_weights(self.objective, b))
+            sums = objectives.metric_sums(self.setup.objective, out, b)
+            return objectives.total_loss(self.setup.objective, sums,
+                                         objectives.term_weights(self.setup.objective, b))
 
         saved = saved_residuals(loss, params, batch)
         return int(sum(np.prod(aval.shape) * aval.dtype.itemsize for aval, why in saved
@@ -292,32 +271,3 @@ def report(result: dict[str, Any], title: str) -> str:
                      f"{human(state)} per device: split them over more devices "
                      "(--config.mesh.preset=fsdp, a larger mesh.fsdp) or use more devices")
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> None:
-    """argv[0] is the command name ('plan')."""
-    parser = config_lib.command_parser("python -m lm plan", USAGE)
-    parser.add_argument("--devices", type=int, required=True, help="devices to plan for")
-    parser.add_argument("--device_memory", default="", help="per device, e.g. 80GB or 16GiB")
-    parser.add_argument("--devices_per_host", type=int, default=0,
-                        help="for tp presets and the host axes (default: min(devices, 8))")
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    flags, overrides = config_lib.parse_command_line(parser, argv[1:])
-    memory = parse_bytes(flags.device_memory) if flags.device_memory else None
-    # Before JAX starts: N CPU devices in this process (compiling needs no collective).
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ["XLA_FLAGS"] = " ".join(
-        [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-        + [f"--xla_force_host_platform_device_count={flags.devices}",
-           "--xla_backend_optimization_level=0"])  # same buffers, half the compile time
-    title, config = flags.config, config_lib.load(flags.config, overrides)
-    import jax
-
-    if jax.device_count() < flags.devices:
-        sys.exit(f"error: JAX started before `lm plan` could ask for {flags.devices} devices; "
-                 "run it in a fresh process")
-    log = (lambda line: print(line, file=sys.stderr, flush=True))
-    per_host = flags.devices_per_host or min(flags.devices, 8)
-    result = plan(config, jax.devices()[:flags.devices], devices_per_host=per_host,
-                  device_memory=memory, log=log)
-    print(json.dumps(result, indent=1) if flags.json else report(result, title))

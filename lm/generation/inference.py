@@ -1,4 +1,4 @@
-"""Text in, text out: what the `sample` and `fill_mask` commands call.
+"""Text in, text out: what the `sample`, `fill_mask` and `classify` commands call.
 
     model, params, tokenizer = load_hf("gpt2_dir")      # GPT-2, T5 or BERT checkpoint dir
     sample_text(model, params, tokenizer, ["ROMEO:"], max_new_tokens=100, top_k=50)
@@ -16,7 +16,7 @@ import numpy as np
 
 from lm.data.tokenizers import Tokenizer, hf_tokenizer
 from lm.errors import UserError
-from lm.generate import generate
+from lm.generation.generate import generate
 
 
 def load_hf(directory: str | pathlib.Path, **model_overrides: Any
@@ -129,3 +129,28 @@ def fill_mask(model: nn.Module, params: Any, tokenizer: Tokenizer, text: str, to
     best_MxK = np.argsort(-probs_MxV, axis=-1, kind="stable")[:, :top_k]
     return [[Prediction(tokenizer.decode([int(i)]), float(p[i]), int(i)) for i in best]
             for p, best in zip(probs_MxV, best_MxK, strict=True)]
+
+
+def classify_texts(run, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
+    """(label, {label: probability}) of each text (a score for regression) from a saved
+    classification run, encoded exactly as its training data was."""
+    from lm.data import classification, glue
+
+    if run.config.data.objective != "classification":
+        raise UserError(f"{run.workdir} is a {run.config.data.objective!r} run: `lm classify` "
+                        "needs a classification finetuning run (experiments/finetune_glue.py)")
+    task = glue.get(run.config.data.task)
+    examples = [classification.classification_example(
+        {"texts": tuple(t.split("\t")), "label": 0, "idx": i}, run.tokenizer,
+        run.config.data.seq_len, task.num_labels) for i, t in enumerate(texts)]
+    batch = {k: np.stack([e[k] for e in examples]) for k in ("inputs", "token_type_ids",
+                                                             "input_mask")}
+    logits = np.asarray(jax.jit(run.model.apply)(
+        {"params": run.params}, batch["inputs"], token_type_ids=batch["token_type_ids"],
+        input_mask=batch["input_mask"])["logits"], np.float64)
+    if task.num_labels == 1:
+        return [(f"{row[0]:.3f}", {"score": float(row[0])}) for row in logits]
+    names = task.words or task.labels
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return [(names[int(p.argmax())], dict(zip(names, map(float, p)))) for p in probs]

@@ -1,25 +1,20 @@
-"""GLUE prediction files from a finetuning run:
+"""GLUE prediction files from a finetuning run (`python -m lm predict`).
 
-    python -m lm predict --workdir DIR [--split validation|test] [--out FILE] [--step best]
-
-writes `index<TAB>prediction` rows with the label names the GLUE server expects (from
-`lm.data.glue`), predicted with the trainer's own eval step from the run's best checkpoint
-(the checkpointer's, by train.best_metric). A labelled split is scored too.
+`index<TAB>prediction` rows with the label names the GLUE server expects (lm.data.glue),
+predicted with the trainer's own eval step from the run's best checkpoint (the
+checkpointer's, by train.best_metric). A labelled split is scored too.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
 import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 
-from lm import config as config_lib
-from lm import metrics
 from lm.data import glue
 from lm.errors import UserError
+from lm.eval import metrics
 
 
 def submission_lines(task: str, idx_N: Sequence[int], predictions_N: Sequence) -> list[str]:
@@ -37,13 +32,9 @@ def predict_split(run, split: str, batch_size: int = 64
     """(idx_N, predictions_N, labels_N) over every example of `split` of a saved run."""
     import jax
 
-    from lm import data
-    from lm.train import objectives, step
-
-    objective = objectives.get(run.config.data.objective, run.model_cfg)
-    eval_step = jax.jit(functools.partial(step.eval_step, model=run.model, objective=objective))
-    batches = data.make_iterator(run.config.data, run.tokenizer, split=split,
-                                 batch_size=batch_size, seed=0, shuffle=False, num_epochs=1)
+    eval_step = run.setup.eval_step()
+    batches = run.setup.make_iter(split=split, batch_size=batch_size, seed=0, shuffle=False,
+                                  num_epochs=1)
     idx, preds, labels = [], [], []
     for batch in batches:
         _, (logits_BxC, labels_B, weights_B) = jax.device_get(eval_step(
@@ -75,19 +66,3 @@ def predict(workdir: str, split: str = "validation", out: str | None = None,
     # GLUE test labels are hidden (-1): score only a labelled split.
     scored = {} if np.any(labels_N < 0) else metrics.glue_metrics(task.name, preds_N, labels_N)
     return path, {"step": run.step, "examples": len(idx_N), **scored}
-
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lm predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="the finetuning run")
-    parser.add_argument("--split", default="validation", help="validation | test | ...")
-    parser.add_argument("--out", default=None,
-                        help="output file (default: DIR/<split>_<GLUE name>.tsv)")
-    parser.add_argument("--step", default="best",
-                        help="checkpoint: 'best' (by train.best_metric), 'latest' or a number")
-    args, overrides = config_lib.parse_command_line(parser, argv[1:])
-    step = int(args.step) if args.step.isdigit() else args.step
-    path, scores = predict(args.workdir, args.split, args.out, step, overrides)
-    print(f"wrote {path}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in scores.items()))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lm import generate
+from lm.generation import generate
 
 
 def _greedy(params, batch, *, model, length: int, start_id: int):

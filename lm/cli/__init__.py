@@ -1,0 +1,1 @@
+"""Commands: one thin module per `python -m lm <command>` (argparse and printing only)."""

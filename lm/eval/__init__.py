@@ -1,0 +1,1 @@
+"""Evaluation: the eval runner, task metrics, decoding for eval, perplexity, prediction files."""

@@ -1,0 +1,1 @@
+"""Generation: KV-cache decoding (generate.py) and text in / text out (inference.py)."""
