@@ -4,7 +4,7 @@ Finetune a BERT encoder, or a GPT (its last real token, as GPT2ForSequenceClassi
 BERT's Table 5 "LTR" row), on a GLUE task (classification or STS-B regression):
 
     python -m lm sweep --config experiments/finetune_glue.py:rte --workdir /tmp/rte_sweep
-    python -m lm predict --workdir /tmp/sst2 --split test     # GLUE submission TSV
+    python -m lm predict --workdir /tmp/sst2 --split validation  # index<TAB>label TSV
 
 The arg is `<task>[,key=value...]`:
   task   sst2 | cola | mrpc | rte | stsb | wnli | qnli (QNLI has only its dev set here:

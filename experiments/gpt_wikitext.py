@@ -5,8 +5,8 @@ Causal LM (GPT) on WikiText-2 with a sentencepiece vocabulary of 8192 pieces.
 The tokenizer is trained on the train split into `<workdir>/tokenizer.model` on the first
 run when `data.tokenizer.path` is empty. To share one between runs, train it once and pass it:
 
-    python -m lm tokenizer train --output /tmp/wt2_8k --vocab-size 8192 \\
-        source=text files.train=wikitext-2/train.txt doc_separator=wikitext
+    python -m lm tokenizer train --output /tmp/wt2_8k --vocab_size 8192 \\
+        --config experiments/gpt_wikitext.py:tiny
     python -m lm train --config experiments/gpt_wikitext.py:small --workdir /tmp/gpt_wt2 \\
         --config.data.tokenizer.path=/tmp/wt2_8k.model
 

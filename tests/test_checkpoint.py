@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lm import config as config_lib
-from lm.train import checkpoint
+from lm.train import checkpoint, signals
 from lm.train.loop import train
 from lm.train.state import TrainState
 from tests import multiproc
@@ -144,7 +144,7 @@ def test_kill_9_mid_save_leaves_the_last_completed_checkpoint_loadable(tmp_path)
 
 def preemption_step() -> int:
     """Worker: process 0 gets SIGTERM at step 5; returns the step at which this process stops."""
-    preemption = checkpoint.install_signal_handlers()
+    preemption = signals.install_signal_handlers()
     for step in range(1, 3000):
         if jax.process_index() == 0 and step == 5:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -184,7 +184,7 @@ class _StopAt:
 def test_resumed_run_gives_the_same_metrics_as_the_uninterrupted_one(uninterrupted, tmp_path,
                                                                       monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint, "install_signal_handlers", lambda: _StopAt(2))
+        patch.setattr(signals, "install_signal_handlers", lambda: _StopAt(2))
         stopped = train(_config(), str(tmp_path), quiet=True)
     assert stopped["step"] == 2
     assert checkpoint.Checkpointer(str(tmp_path), every=3, keep=2).all_steps() == [2]
@@ -226,7 +226,7 @@ def test_sigterm_saves_at_the_current_step_and_the_restart_continues(tmp_path):
     _wait_for_steps(tmp_path, proc, 3)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == checkpoint.PREEMPTED_EXIT, output
+    assert proc.returncode == signals.PREEMPTED_EXIT, output
     assert "rerun the same command to resume" in output
     last = _metrics(tmp_path)[-1]["step"]
     ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2)

@@ -12,6 +12,7 @@ import pytest
 from lm.generation.generate import generate
 from lm.models import ModelConfig, build, model_config
 from lm.nn.transformer import stack_layers
+from tests.conftest import assert_grads_close, assert_trees_close, f32_tolerance, model_roundings
 
 V, B, T = 97, 2, 8
 
@@ -52,6 +53,11 @@ def apply(cfg, params, *args, method=None, **kwargs):
     return compiled(cfg, method, **static)(params, *args, **kwargs)
 
 
+def assert_close(cfg, got, want):
+    """Two float32 computations of `cfg`'s outputs that may round differently."""
+    assert_trees_close(got, want, model_roundings(cfg))
+
+
 def num_params(cfg):
     shapes = jax.eval_shape(lambda: build(cfg).init(jax.random.key(0), *inputs(cfg)))
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
@@ -69,6 +75,7 @@ def num_params(cfg):
         (dict(norm="batchnorm"), "norm='batchnorm' is not one of"),
         (dict(activation="tanh"), "activation='tanh' is not one of"),
         (dict(remat_policy="some"), "remat_policy='some' is not one of"),
+        (dict(kernels="gpu"), "kernels='gpu' is not one of"),
         (dict(position="relative"), "only implemented for family='t5'"),
     ],
 )
@@ -93,6 +100,9 @@ def test_config_round_trips_through_a_flat_dict():
     d = dataclasses.asdict(cfg)
     d["heads"] = list(d["heads"])  # as it comes back from a ConfigDict / JSON
     assert ModelConfig(**d) == cfg
+    # A config recorded before `kernels` existed reads back with it at its default.
+    del d["kernels"]
+    assert ModelConfig(**d) == cfg and cfg.kernels == "auto"
 
 
 def test_gpt2_base_has_124m_params():
@@ -228,9 +238,9 @@ def test_bert_padding_does_not_leak():
     out_a = apply(cfg, params, a, input_mask=mask)
     out_b = apply(cfg, params, b, input_mask=mask)
     for key in ("pooled", "nsp_logits", "logits"):
-        np.testing.assert_allclose(out_a[key], out_b[key], atol=1e-6)
+        assert_close(cfg, out_a[key], out_b[key])
     for key in ("hidden", "mlm_logits"):
-        np.testing.assert_allclose(out_a[key][:, :5], out_b[key][:, :5], atol=1e-6)
+        assert_close(cfg, out_a[key][:, :5], out_b[key][:, :5])
     assert not np.allclose(out_a["hidden"][1, 5:], out_b["hidden"][1, 5:])
 
 
@@ -243,9 +253,9 @@ def test_t5_encoder_padding_does_not_leak():
     dec = tokens(2, (B, 5))
     out_a = apply(cfg, params, enc_a, dec, encoder_mask=enc_mask)
     out_b = apply(cfg, params, enc_b, dec, encoder_mask=enc_mask)
-    np.testing.assert_allclose(out_a, out_b, atol=1e-6)
+    assert_close(cfg, out_a, out_b)
     enc = lambda t: apply(cfg, params, t, enc_mask, method="encode")
-    np.testing.assert_allclose(enc(enc_a)[1, :4], enc(enc_b)[1, :4], atol=1e-6)
+    assert_close(cfg, enc(enc_a)[1, :4], enc(enc_b)[1, :4])
 
 
 def test_gpt_packed_documents_equal_separate_runs_and_ignore_padding():
@@ -256,12 +266,12 @@ def test_gpt_packed_documents_equal_separate_runs_and_ignore_padding():
     segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0]])
     positions = jnp.array([[0, 1, 2, 0, 1, 2, 3, 0]])
     out = apply(cfg, params, packed, segment_ids=segment_ids, positions=positions)
-    np.testing.assert_allclose(out[:, :3], apply(cfg, params, doc_a), atol=1e-5)
-    np.testing.assert_allclose(out[:, 3:7], apply(cfg, params, doc_b), atol=1e-5)
+    assert_close(cfg, out[:, :3], apply(cfg, params, doc_a))
+    assert_close(cfg, out[:, 3:7], apply(cfg, params, doc_b))
     other_pad = apply(
         cfg, params, packed.at[0, 7].set(9), segment_ids=segment_ids, positions=positions
     )
-    np.testing.assert_allclose(out[:, :7], other_pad[:, :7], atol=1e-6)
+    assert_close(cfg, out[:, :7], other_pad[:, :7])
 
 
 # ----------------------------------------------------------------------------- code paths
@@ -272,7 +282,7 @@ def test_jit_equals_no_jit():
     params = init(cfg)
     eager = build(cfg).apply({"params": params}, tokens())
     jitted = apply(cfg, params, tokens())
-    np.testing.assert_allclose(eager, jitted, atol=1e-5)
+    assert_close(cfg, eager, jitted)
 
 
 def restack(params):
@@ -307,14 +317,14 @@ def test_scan_equals_unrolled():
     unrolled = t5_forward(T5_VARIANT, params)
     assert np.isfinite(unrolled).all()
     scanned = t5_forward(T5_VARIANT.replace(scan_layers=True), restack(params))
-    np.testing.assert_allclose(unrolled, scanned, atol=1e-5)
+    assert_close(T5_VARIANT, unrolled, scanned)
 
 
 def test_xla_and_dot_attention_agree():
     """T5 exercises every mask: bias, encoder padding, causal, cross-attention."""
     params = init(T5_VARIANT)
     dot = t5_forward(T5_VARIANT.replace(attention_impl="dot"), params)
-    np.testing.assert_allclose(t5_forward(T5_VARIANT, params), dot, atol=1e-5)
+    assert_close(T5_VARIANT, t5_forward(T5_VARIANT, params), dot)
 
 
 @pytest.mark.parametrize("policy", ["full"])
@@ -327,10 +337,10 @@ def test_remat_equals_no_remat_values_and_gradients(policy):
         return jnp.mean(jax.nn.log_softmax(logits)[..., 3])
 
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    want = grad(params, cfg)
-    got = grad(params, cfg.replace(remat_policy=policy))
-    for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-        np.testing.assert_allclose(x, y, atol=1e-6)
+    want, want_grads = grad(params, cfg)
+    got, got_grads = grad(params, cfg.replace(remat_policy=policy))
+    np.testing.assert_allclose(got, want, **f32_tolerance(model_roundings(cfg)))
+    assert_grads_close(got_grads, want_grads, model_roundings(cfg))
 
 
 def decode_incrementally(cfg, params, toks, prefill, *, context=(), method=None):
@@ -360,7 +370,7 @@ def test_gpt_kv_cache_decoding_equals_full_forward(overrides):
     cfg = tiny("gpt", **overrides)
     params = init(cfg)
     full = apply(cfg, params, tokens())
-    np.testing.assert_allclose(decode_incrementally(cfg, params, tokens(), 3), full, atol=1e-5)
+    assert_close(cfg, decode_incrementally(cfg, params, tokens(), 3), full)
 
 
 def test_t5_kv_cache_decoding_equals_full_forward():
@@ -372,7 +382,7 @@ def test_t5_kv_cache_decoding_equals_full_forward():
         encoded, chunk, encoder_mask=ENCODER_MASK, decode=decode
     )
     got = decode_incrementally(cfg, params, dec, 2, context=(encoded,), method=step)
-    np.testing.assert_allclose(got, t5_forward(cfg, params), atol=1e-5)
+    assert_close(cfg, got, t5_forward(cfg, params))
 
 
 @pytest.mark.parametrize("family", ["gpt"])  # T5 decoding is checked by the KV-cache test

@@ -86,8 +86,9 @@ def test_layer_norm_value_and_gradients_equal_the_float64_formula(variant):
                                            err_msg=name)
 
 
+@pytest.mark.parametrize("variant", ["cpu", "plain"])
 @pytest.mark.parametrize("in_axes", [1, 2])  # Dense, and the attention output (N, H) -> D
-def test_matmul_variants_equal_tensordot_in_float64(in_axes):
+def test_matmul_equals_tensordot_in_float64(in_axes, variant):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(2, 3, 4, 8)).astype(np.float32)
     kernel = rng.normal(size=(4, 8, 5)[2 - in_axes:]).astype(np.float32)
@@ -97,17 +98,15 @@ def test_matmul_variants_equal_tensordot_in_float64(in_axes):
         y, vjp = jax.vjp(lambda x, k: jnp.tensordot(x, k, in_axes), *a64[:2])
         want = (y, *vjp(a64[2]))
     rows, width = math.prod(x.shape[: 4 - in_axes]), math.prod(kernel.shape[:in_axes])
-    for variant in ("cpu", "plain"):
-        matmul = ops.kernels(variant).matmul
-        y, vjp = jax.vjp(lambda x, k: matmul(x, k, in_axes), x, kernel)
-        # y and dx sum `width` products, dkernel sums `rows`; terms up to max|a| max|b|.
-        terms = [(width, _max(x) * _max(kernel)), (5, _max(g) * _max(kernel)),
-                 (rows, _max(x) * _max(g))]
-        for name, u, w, (n, m) in zip(("y", "dx", "dkernel"), (y, *vjp(g)), want, terms,
-                                      strict=True):
-            assert u.shape == w.shape, name
-            np.testing.assert_allclose(u, np.asarray(w), **f32_tolerance(n, m),
-                                       err_msg=f"{variant} {name}")
+    matmul = ops.kernels(variant).matmul
+    y, vjp = jax.vjp(lambda x, k: matmul(x, k, in_axes), x, kernel)
+    # y sums `width` products, dx 5, dkernel `rows`; each term is at most max|a| max|b|.
+    terms = [(width, _max(x) * _max(kernel)), (5, _max(g) * _max(kernel)),
+             (rows, _max(x) * _max(g))]
+    for name, u, w, (n, m) in zip(("y", "dx", "dkernel"), (y, *vjp(g)), want, terms,
+                                  strict=True):
+        assert u.shape == w.shape, name
+        np.testing.assert_allclose(u, np.asarray(w), **f32_tolerance(n, m), err_msg=name)
 
 
 def test_kernels_auto_is_cpu_on_the_cpu_backend_and_plain_elsewhere(monkeypatch):

@@ -15,7 +15,7 @@ import pytest
 
 from lm import config as config_lib
 from lm.errors import UserError
-from lm.train import checkpoint, writer
+from lm.train import checkpoint, signals, writer
 from lm.train.loop import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def test_a_resumed_run_keeps_the_best_checkpoint_of_the_uninterrupted_one(uninte
     steps, best = _checkpoints(reference)
     assert best == 10 and steps == [10, 25, 30]  # the best (max) survives the last-2 policy
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint, "install_signal_handlers", lambda: _StopAt(22))
+        patch.setattr(signals, "install_signal_handlers", lambda: _StopAt(22))
         stopped = train(_config(), str(tmp_path), quiet=True)
     assert stopped["step"] == 22 and stopped["preempted"] == 1.0
     resumed = train(_config(), str(tmp_path), quiet=True)

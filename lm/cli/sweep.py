@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
         print("\n".join(sweep.commands(args.config, args.workdir, flags)))
         return
     if not args.summarize and sweep.run_points(args.config, args.workdir, flags) is None:
-        from lm.train.checkpoint import PREEMPTED_EXIT
+        from lm.train.signals import PREEMPTED_EXIT
 
         sys.exit(PREEMPTED_EXIT)
     sweep.summarize(args.workdir)

@@ -24,11 +24,11 @@ def main(argv: list[str]) -> None:
     flags, overrides = common.parse(p, argv[1:])
     config = config_lib.load(flags.config, overrides)
     from lm import distributed
-    from lm.train import checkpoint, loop  # after parsing: a typo does not wait for jax
+    from lm.train import loop, signals  # after parsing: a typo does not wait for jax
 
     distributed.initialize()  # multi-host: from $LM_* / SLURM / TPU pod; else nothing
     result = loop.train(config, flags.workdir, quiet=flags.quiet,
                         allow_config_change=flags.allow_config_change)
     print({k: round(v, 6) for k, v in result.items()})
     if result.get("preempted"):
-        sys.exit(checkpoint.PREEMPTED_EXIT)
+        sys.exit(signals.PREEMPTED_EXIT)

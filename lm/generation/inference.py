@@ -145,9 +145,9 @@ def classify_texts(run, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
         run.config.data.seq_len, task.num_labels) for i, t in enumerate(texts)]
     batch = {k: np.stack([e[k] for e in examples]) for k in ("inputs", "token_type_ids",
                                                              "input_mask")}
-    logits = np.asarray(jax.jit(run.model.apply)(
-        {"params": run.params}, batch["inputs"], token_type_ids=batch["token_type_ids"],
-        input_mask=batch["input_mask"])["logits"], np.float64)
+    args, kwargs = run.setup.objective.inputs(batch)  # each family takes its own inputs
+    logits = np.asarray(jax.jit(run.model.apply)({"params": run.params}, *args, **kwargs)
+                        ["logits"], np.float64)
     if task.num_labels == 1:
         return [(f"{row[0]:.3f}", {"score": float(row[0])}) for row in logits]
     names = task.words or task.labels

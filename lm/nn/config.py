@@ -66,7 +66,7 @@ class ModelConfig:
     init_std: float = 0.02
     init: str = "normal"  # INITS
     type_vocab_size: int = 2  # bert
-    num_labels: int = 0  # bert classification head: 0 = none, 1 = regression
+    num_labels: int = 0  # bert, gpt classifier: 0 = none, 1 = regression
     heads: tuple[str, ...] = ()  # bert pretraining heads, subset of ('mlm', 'nsp')
     rel_buckets: int = 32  # t5 relative position bias
     rel_max_distance: int = 128

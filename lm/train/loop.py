@@ -24,7 +24,7 @@ import numpy as np
 from lm import malloc
 from lm.errors import UserError
 from lm.eval import runner
-from lm.train import checkpoint, mfu, pretrained, profiling, setup, sharding
+from lm.train import checkpoint, mfu, pretrained, profiling, setup, sharding, signals
 from lm.train.state import TrainState
 from lm.train.writer import MetricsWriter, record_config
 
@@ -115,7 +115,7 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
         return {"step": float(start), **best_metrics(ckpt, t.best_metric)}
     writer = MetricsWriter(run.workdir, total_steps=t.steps, initial_step=start,
                            resumed=start > 0, quiet=quiet, enabled=jax.process_index() == 0)
-    preemption = checkpoint.install_signal_handlers()
+    preemption = signals.install_signal_handlers()
     meter = mfu.Throughput()
     profiler = profiling.StepProfiler(t.profile_steps, t.profile_dir or run.workdir / "profile",
                                       enabled=jax.process_index() == 0)
@@ -185,7 +185,7 @@ def _train(run: Run, *, quiet: bool) -> dict[str, float]:
     if stopped_early:
         signal_name = getattr(preemption, "signal_name", None) or "preemption"
         log(f"{signal_name}: saved step {final_step} in {ckpt.directory}; rerun the same "
-            f"command to resume (exit status {checkpoint.PREEMPTED_EXIT})")
+            f"command to resume (exit status {signals.PREEMPTED_EXIT})")
         result["preempted"] = 1.0
     return result
 
