@@ -225,9 +225,9 @@ def load_params(init_cfg: Mapping, model_cfg: ModelConfig) -> tuple[dict, str]:
         source = f"HF directory {hf}"
         check_compatible(model.cfg, model_cfg, source)
         return params, source
-    from lm.train import checkpoint as ckpt_lib
+    from lm.train import restore
 
-    pre_cfg, params, step = ckpt_lib.restore_params(checkpoint)
+    pre_cfg, params, step = restore.restore_params(checkpoint)
     source = f"checkpoint {checkpoint} (step {step})"
     check_compatible(pre_cfg, model_cfg, source)
     return _layer_layout(params, model_cfg.scan_layers), source

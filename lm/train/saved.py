@@ -17,7 +17,7 @@ import ml_collections
 
 from lm import config as config_lib
 from lm.errors import UserError
-from lm.train import checkpoint, pretrained, setup
+from lm.train import pretrained, restore, setup
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ def load(workdir: str | pathlib.Path, step: int | str = "best",
     config = ml_collections.ConfigDict(pretrained.run_config(workdir))
     for key, text in (overrides or {}).items():
         config_lib.override(config, key, text)
-    model_cfg, params, step = checkpoint.restore_params(str(workdir), step)
+    model_cfg, params, step = restore.restore_params(str(workdir), step)
     changed = {k.split(".", 1)[1]: config.model[k.split(".", 1)[1]]
                for k in overrides or {} if k.startswith("model.")}
     fixed = sorted(set(changed) - pretrained.FREE_FIELDS)
