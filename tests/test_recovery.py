@@ -144,6 +144,13 @@ def test_a_resume_with_another_config_is_refused_without_touching_the_record(uni
                  quiet=True)["step"] == 30
     with pytest.raises(UserError, match=r"train.parallel_micro_batches: None -> 2"):
         train(_config(), str(run), quiet=True)
+    # The same for a model field (its default is ModelConfig's).
+    older = json.loads(recorded)
+    del older["model"]["kernels"]
+    (run / "config.json").write_text(json.dumps(older))
+    assert train(_config(), str(run), quiet=True)["step"] == 30
+    with pytest.raises(UserError, match=r"model.kernels: None -> 'cpu'"):
+        train(_config(**{"model.kernels": "cpu"}), str(run), quiet=True)
     (run / "config.json").write_text(recorded)
     # Asked for explicitly, a change is recorded with the step it took effect.
     longer = train(_config(**{"train.steps": "35"}), str(run), quiet=True,

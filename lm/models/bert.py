@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from lm.models.gpt import check_length
 from lm.nn.attention import padding_mask
 from lm.nn.config import ModelConfig
-from lm.nn.layers import ACTIVATIONS, dense, embed, logits, norm
+from lm.nn.layers import activation, dense, embed, logits, norm
 from lm.nn.partitioning import param_init
 from lm.nn.transformer import Stack
 
@@ -70,7 +70,7 @@ class BERT(nn.Module):
         """Transform (dense + act + LayerNorm), then the tied decoder plus a bias."""
         cfg = self.cfg
         transform = dense(cfg, cfg.d_model, ("embed", "mlp"), "mlm_transform", use_bias=True)
-        h_BxTxD = norm(cfg, "mlm_norm")(ACTIVATIONS[cfg.activation](transform(hidden_BxTxD)))
+        h_BxTxD = norm(cfg, "mlm_norm")(activation(cfg)(transform(hidden_BxTxD)))
         bias_V = self.param(
             "mlm_bias", param_init(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,)
         )

@@ -40,6 +40,7 @@ from lm.nn.config import ModelConfig
 FREE_FIELDS = frozenset({
     "num_labels", "heads", "dropout_rate", "attention_dropout_rate", "dtype",
     "attention_impl", "scan_layers", "scan_unroll", "remat_policy", "init_std", "init",
+    "kernels",
 })
 # Parameter subtrees that a finetuned model initialises anew.
 FRESH = frozenset({"classifier"})

@@ -1,6 +1,7 @@
 """What a run records: config.json (and its changes), metrics.jsonl, TensorBoard event
 files and a console progress bar."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -11,6 +12,7 @@ import tqdm
 
 from lm import config as config_lib
 from lm.errors import UserError
+from lm.nn.config import ModelConfig
 
 
 def _import_tensorboardx():
@@ -166,7 +168,8 @@ def record_config(workdir: pathlib.Path, resolved: dict, step_: int, *, allow_ch
     resolved = _as_json(resolved)  # tuples as JSON has them
     if path.exists() and step_ > 0:
         recorded = json.loads(path.read_text())
-        defaults = _as_json(config_lib.to_dict(config_lib.base_config()))
+        defaults = _as_json({**config_lib.to_dict(config_lib.base_config()),
+                             "model": dataclasses.asdict(ModelConfig())})
         changes = {k: v for k, v in config_diff(recorded, resolved).items()
                    if not _added_at_default(k, v[1], recorded, defaults)}
         if not changes:
