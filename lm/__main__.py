@@ -1,12 +1,14 @@
 """`python -m lm <command> ...`: a thin dispatcher to `lm.cli.<command>.main(argv)`.
 
 Bad input (lm.errors.UserError: a config, data, checkpoint or command-line problem) and a
-run stopped by a non-finite loss end with a short message and exit status 1; anything else
+run stopped by a non-finite loss end with a short message and exit status 1; Ctrl-C or
+SIGTERM with nothing to save (before a run's loop) with one line and 130 / 143; anything else
 is a bug and keeps its traceback. `LM_DEBUG=1` shows the traceback in every case.
 """
 
 import importlib
 import os
+import signal
 import sys
 
 # command -> one line of help. Each lives in lm/cli/<command>.py, imported only when run
@@ -41,7 +43,9 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         sys.exit(usage() if len(argv) < 2 else f"unknown command {argv[1]!r}\n{usage()}")
     from lm import compile_cache, malloc
-    from lm.errors import UserError
+    from lm.errors import Interrupted, UserError
+
+    signal.signal(signal.SIGTERM, _sigterm)  # one line, not a silent death, before the loop
 
     compile_cache.enable()  # before jax is imported: it reads the cache settings then
     if malloc.keep_freed_memory():  # before jax allocates anything: CPU steps without faults
@@ -53,6 +57,18 @@ def main(argv: list[str]) -> None:
         if os.environ.get("LM_DEBUG"):
             raise
         sys.exit(f"error: {e}\n(LM_DEBUG=1 shows the traceback)")
+    except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C / SIGTERM with nothing to save
+        if os.environ.get("LM_DEBUG"):
+            raise
+        print(f"error: {e if isinstance(e, Interrupted) else 'interrupted (SIGINT)'}",
+              file=sys.stderr)
+        sys.exit(getattr(e, "exit_status", 128 + signal.SIGINT))
+
+
+def _sigterm(signum: int, frame) -> None:
+    from lm.errors import Interrupted
+
+    raise Interrupted("interrupted (SIGTERM)", 128 + signum)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """JAX's persistent compilation cache, on for every `python -m lm` command: a rerun of the
 same experiment loads its compiled steps from disk instead of compiling them again.
 
-On the 2-core development machine this saves the Shakespeare GPT's run about 4 of its
-~13 s of start-up (train, eval and init steps: `first_step_s` 2.2 -> 0.55 s); on an
-accelerator, where a large model's step compiles for minutes, it saves more (MaxText turns
-the same cache on by default). JAX keys each entry by the computation, the
+Compiling the train, eval and init steps is a large share of a small run's start-up, and on
+an accelerator a large model's step compiles for minutes (MaxText turns the same cache on by
+default). JAX keys each entry by the computation, the
 compile options (XLA_FLAGS included), the jax version and the device kind, so a changed
 model or flag compiles afresh. XLA:CPU compiles for the host's own instruction set, which
 the device kind does not name, so the default directory has one folder per CPU model and
@@ -32,15 +31,27 @@ MAX_BYTES = 2 << 30
 MIN_COMPILE_SECS = 0.2
 
 
-def host_fingerprint() -> str:
-    """A short name for this CPU's model and instruction set extensions."""
+def _cpuinfo() -> dict[str, str]:
+    """The first core's fields of /proc/cpuinfo ({} where there is none, e.g. macOS)."""
     fields: dict[str, str] = {}
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())  # the first core's
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def cpu_name() -> str:
+    """This host's CPU model, e.g. 'AMD EPYC 7B13' (the one reader: MFU's peak cache and the
+    scripts that print where they ran)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def host_fingerprint() -> str:
+    """A short name for this CPU's model and instruction set extensions."""
+    fields = _cpuinfo()
     flags = sorted((fields.get("flags") or fields.get("Features", "")).split())  # x86 / arm
     text = f"{platform.machine()}|{fields.get('model name', '')}|{' '.join(flags)}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -2,7 +2,8 @@
 
 An experiment file `experiments/<name>.py` defines `get_config(arg) -> ConfigDict` with the
 blocks `model` (`ModelConfig` fields), `data` (`lm.data.config`), `train`, `mesh` and `init`
-(defaults below), lists its `ARGS`, and may define `get_sweep(arg) -> Sweep`. Every command
+(defaults below), lists its `ARGS`, and may define `get_sweep(arg) -> Sweep`. A study file
+defines `get_study(arg) -> Study` (and needs no `get_config`). Every command
 loads it the same way and applies `--config.<dotted.key>=<value>` overrides with one typed
 parser: an unknown key lists the valid keys near it, a value that does not parse as the
 field's type names the key.
@@ -16,9 +17,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import importlib.util
 import itertools
 import pathlib
+import re
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -29,7 +32,8 @@ from lm.data.config import default_config as data_config
 from lm.errors import MissingFileError, UserError
 from lm.models.config import model_config
 
-__all__ = ["ConfigError", "Sweep", "base_config", "chain", "data_config", "load", "load_sweep",
+__all__ = ["ConfigError", "Reference", "Study", "Task", "Sweep", "Tokenizer", "Variant",
+           "base_config", "chain", "data_config", "load", "load_study", "load_sweep",
            "model_config", "model_fields", "override", "parse_arg", "pick", "product", "zip_"]
 
 ConfigDict = ml_collections.ConfigDict
@@ -150,18 +154,23 @@ class Sweep:
     """The points of a sweep (dotted-key overrides) and the eval metric that ranks them.
 
     The runner makes `metric` each point's `train.best_metric`, so a point's best checkpoint
-    and its rank in the table are decided by the same number.
+    and its rank in the table are decided by the same number. With `seeds`, every point runs
+    once per seed (`train.seed`) and the table ranks points by the mean over their seeds.
     """
 
     points: list[Point]
     metric: str = "eval/loss"
     mode: str = "min"  # 'min' | 'max'
+    seeds: tuple[int, ...] = ()  # () = each point once, with its config's train.seed
 
     def __post_init__(self):
         if not self.points:
             raise ConfigError("a sweep needs at least one point")
         if self.mode not in ("min", "max"):
             raise ConfigError(f"sweep mode={self.mode!r} must be 'min' or 'max'")
+        object.__setattr__(self, "seeds", _seeds(self.seeds, "sweep seeds"))
+        if self.seeds and any("train.seed" in point for point in self.points):
+            raise ConfigError("sweep: a point sets train.seed and the sweep has seeds; use one")
 
 
 def product(**axes: Sequence[Any]) -> list[Point]:
@@ -187,6 +196,175 @@ def chain(*grids: Sequence[Point]) -> list[Point]:
     return [dict(point) for grid in grids for point in grid]
 
 
+# ---------------------------------------------------------------- studies
+
+
+def _seeds(seeds: Sequence[int], what: str) -> tuple[int, ...]:
+    seeds = tuple(seeds)
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{what} must be integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{what} repeat a seed: {seeds!r}")
+    return seeds
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _check_name(name: str, what: str) -> None:
+    """Names become directory names (DIR/pretrain/<variant>-s<seed>)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"{what} name {name!r}: use letters, digits and . _ + - only")
+
+
+def _check_spec(spec: str, what: str) -> None:
+    if not isinstance(spec, str) or not split_spec(spec)[0].endswith(".py"):
+        raise ConfigError(f"{what}: config {spec!r} is not an experiment spec "
+                          "'experiments/<file>.py[:<arg>]'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A pretraining variant: an experiment file[:arg] plus dotted-key overrides.
+
+    Variants may use different experiment files (BERT MLM+NSP vs a GPT for "LTR"); the study
+    gives every one the same shared tokenizer and they should read the same data.
+    """
+
+    name: str
+    config: str  # e.g. 'experiments/bert_mlm_nsp.py:tiny,nsp=False'
+    overrides: Point = dataclasses.field(default_factory=dict)  # {'model.heads': ('mlm',)}
+
+    def __post_init__(self):
+        _check_name(self.name, "variant")
+        _check_spec(self.config, f"variant {self.name}")
+        object.__setattr__(self, "overrides", dict(self.overrides))
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A downstream experiment, finetuned from every pretraining run; `metric` (an eval
+    metric, e.g. 'eval/accuracy') is each run's `train.best_metric` and the table's score."""
+
+    name: str
+    config: str  # e.g. 'experiments/finetune_glue.py:sst2'
+    metric: str
+    mode: str = "max"  # 'max' | 'min': which way is better
+    overrides: Point = dataclasses.field(default_factory=dict)  # e.g. {'train.epochs': 2}
+
+    def __post_init__(self):
+        _check_name(self.name, "task")
+        _check_spec(self.config, f"task {self.name}")
+        if not self.metric.startswith("eval/"):
+            raise ConfigError(f"task {self.name}: metric {self.metric!r} must be an eval "
+                              "metric, e.g. 'eval/accuracy'")
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"task {self.name}: mode={self.mode!r} must be 'min' or 'max'")
+        object.__setattr__(self, "overrides", dict(self.overrides))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+    """The study's one vocabulary, trained once (`python -m lm tokenizer train`) on the data
+    block of `config` (default: the baseline variant's experiment) with `overrides` (data.*
+    keys); every pretraining run then reads it (`data.tokenizer.kind/path`)."""
+
+    vocab_size: int = 8192
+    model_type: str = "unigram"  # 'unigram' | 'bpe'
+    kind: str = "sentencepiece"  # 'sentencepiece' | 'char'
+    config: str = ""  # '' = the baseline variant's experiment
+    overrides: Point = dataclasses.field(default_factory=dict)  # {'data.<key>': value}
+
+    def __post_init__(self):
+        if self.kind not in ("sentencepiece", "char"):
+            raise ConfigError(f"study tokenizer kind={self.kind!r}: 'sentencepiece' or 'char'")
+        if self.model_type not in ("unigram", "bpe"):
+            raise ConfigError(f"study tokenizer model_type={self.model_type!r}: "
+                              "'unigram' or 'bpe'")
+        if self.config:
+            _check_spec(self.config, "study tokenizer")
+        bad = sorted(k for k in self.overrides if not k.startswith("data."))
+        if bad:
+            raise ConfigError(f"study tokenizer overrides: {bad[0]!r} is not a data.* key")
+        object.__setattr__(self, "overrides", dict(self.overrides))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A published table in its printed units (GLUE: ×100): paper row -> task -> value, the
+    paper's baseline row, and which paper row each of our variants stands for."""
+
+    citation: str
+    baseline: str
+    rows: dict[str, dict[str, float]]
+    row_of: dict[str, str] = dataclasses.field(default_factory=dict)  # variant -> paper row
+
+    def __post_init__(self):
+        if self.baseline not in self.rows:
+            raise ConfigError(f"reference baseline {self.baseline!r} is not one of its rows "
+                              f"{sorted(self.rows)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """Pretraining variants × pretrain_seeds, each finetuned on every task × finetune_seeds.
+
+    `python -m lm study` (lm/runs/study.py) runs it as a graph of ordinary `lm train` runs:
+    the shared tokenizer, then every pretraining run (`train.seed` = the pretraining seed),
+    then every finetuning run (`init.checkpoint` = its pretraining run, `train.seed` = the
+    finetuning seed, `train.best_metric` = the task's metric). The table compares each
+    variant with `baseline` (default: the first variant), beside `reference` when given.
+    Lists may be given for the tuples; `variants` and `tasks` keep their order in the table.
+    """
+
+    variants: tuple[Variant, ...]
+    tasks: tuple[Task, ...]
+    tokenizer: Tokenizer | None = None  # None: each experiment's own (e.g. a fixed file)
+    baseline: str = ""  # a variant name; '' = the first
+    pretrain_seeds: tuple[int, ...] = (0,)
+    finetune_seeds: tuple[int, ...] = (0,)
+    reference: Reference | None = None
+
+    def __post_init__(self):
+        set_ = functools.partial(object.__setattr__, self)
+        set_("variants", tuple(self.variants))
+        set_("tasks", tuple(self.tasks))
+        for field, kind in (("variants", Variant), ("tasks", Task)):
+            values = getattr(self, field)
+            if not values:
+                raise ConfigError(f"study {field}: give at least one")
+            if not all(isinstance(v, kind) for v in values):
+                raise ConfigError(f"study {field} must be lm.config.{kind.__name__}s")
+            names = [v.name for v in values]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"study {field}: repeated names {names}")
+        if self.tokenizer is not None and not isinstance(self.tokenizer, Tokenizer):
+            raise ConfigError("study tokenizer must be an lm.config.Tokenizer or None")
+        set_("baseline", self.baseline or self.variants[0].name)
+        if self.baseline not in self.variant_names:
+            raise ConfigError(f"study baseline {self.baseline!r} is not one of the variants "
+                              f"{list(self.variant_names)}")
+        for field in ("pretrain_seeds", "finetune_seeds"):
+            set_(field, _seeds(getattr(self, field), f"study {field}"))
+            if not getattr(self, field):
+                raise ConfigError(f"study {field}: give at least one seed")
+        if self.reference is not None and not isinstance(self.reference, Reference):
+            raise ConfigError("study reference must be an lm.config.Reference or None")
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.variants)
+
+    def report_dict(self) -> dict[str, Any]:
+        """Plain data for `lm.runs.report.Study.from_dict` (the table's layout)."""
+        return dict(variants=list(self.variant_names), baseline=self.baseline,
+                    tasks=[dict(name=t.name, metric=t.metric, mode=t.mode) for t in self.tasks],
+                    pretrain_seeds=list(self.pretrain_seeds),
+                    finetune_seeds=list(self.finetune_seeds),
+                    reference=None if self.reference is None
+                    else dataclasses.asdict(self.reference))
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -196,16 +374,25 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return path, (arg or None)
 
 
-def load_module(path: str | pathlib.Path) -> ModuleType:
-    """Import an experiment file by path (experiments/ is not a package)."""
+def load_module(path: str | pathlib.Path, needs: str | None = "get_config") -> ModuleType:
+    """Import an experiment file by path (experiments/ is not a package); it must define the
+    function `needs` (a study file defines get_study and need not define get_config; None:
+    any experiment or study file)."""
     file = pathlib.Path(path)
     if not file.is_file():
         raise MissingFileError(f"experiment file {str(path)!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"experiment_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path} defines no get_config(arg)")
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}, line {e.lineno}: {e.msg} (a syntax error in the "
+                          "experiment file)") from e
+    except Exception as e:  # noqa: BLE001  (the file's own bug: named in one line)
+        raise ConfigError(f"importing the experiment file {path} failed: {type(e).__name__}: "
+                          f"{e}") from e
+    if needs and not hasattr(module, needs):
+        raise ConfigError(f"{path} defines no {needs}(arg)")
     return module
 
 
@@ -217,6 +404,9 @@ def load(spec: str, overrides: dict[str, str] | None = None) -> ConfigDict:
     """
     path, arg = split_spec(spec)
     config = load_module(path).get_config(arg)
+    if not isinstance(config, ConfigDict):
+        raise ConfigError(f"{path}: get_config({arg!r}) returned a {type(config).__name__}, "
+                          "not an ml_collections.ConfigDict (start from lm.config.base_config())")
     for key, text in (overrides or {}).items():
         override(config, key, text)
     return config
@@ -249,6 +439,25 @@ def load_sweep(spec: str) -> Sweep:
         raise ConfigError(f"{path}: get_sweep must return lm.config.Sweep(points, metric, mode)"
                           f", got {type(sweep).__name__}")
     return sweep
+
+
+def load_study(spec: str) -> Study:
+    """The `Study` of the experiment file's `get_study(arg)`."""
+    path, arg = split_spec(spec)
+    study = load_module(path, needs="get_study").get_study(arg)
+    if not isinstance(study, Study):
+        raise ConfigError(f"{path}: get_study must return lm.config.Study(variants, tasks, ...)"
+                          f", got {type(study).__name__}")
+    return study
+
+
+def study_configs(study: Study) -> dict[str, ConfigDict]:
+    """`variant/<name>` and `task/<name>` -> its experiment's config with its overrides (what
+    every pretraining / finetuning run of the study starts from, before the graph's flags)."""
+    parts = [(f"variant/{v.name}", v) for v in study.variants]
+    parts += [(f"task/{t.name}", t) for t in study.tasks]
+    return {key: load(part.config, {k: flag_value(v) for k, v in part.overrides.items()})
+            for key, part in parts}
 
 
 def to_dict(config: ConfigDict) -> dict[str, Any]:

@@ -11,3 +11,12 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or directory the user named (or a run needs) does not exist."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM before a run's loop began: nothing to save; the command ends with
+    128 + the signal's number (130, 143) and this one-line message."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status

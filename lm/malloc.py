@@ -2,22 +2,20 @@
 
 XLA:CPU allocates a step's temporary buffers (tens of MB for the small GPT of
 experiments/gpt_shakespeare_char.py:cpu) with malloc and frees them when the step ends. glibc
-serves blocks that large with a fresh mmap and unmaps them on free, so every step faulted its
-whole working set in again: about 10,000 page faults and 17 ms of kernel time per 37 ms step
-on the 2-core development machine (`getrusage` around 100 steps). Served from the heap, which
-is never trimmed, the pages stay mapped from one step to the next: the same step took 29 ms,
-with 200 faults and 1.4 ms in the kernel. PyTorch's CPU allocator and tcmalloc keep freed
-memory for the same reason; the cost is that the process keeps its high-water mark of heap.
+serves blocks that large with a fresh mmap and unmaps them on free, so every step faults its
+whole working set in again: page faults and kernel time in every step. Served from the heap,
+which is never trimmed, the pages stay mapped from one step to the next. PyTorch's CPU
+allocator and tcmalloc keep freed memory for the same reason; the cost is that the process
+keeps its high-water mark of heap.
 
 A thread other than the main one gets its own arena, which grows in heaps of at most
 64 MiB: a larger block asked for there is mapped afresh and unmapped on free whatever
 mallopt says. jax runs a CPU computation on a worker thread by default (async dispatch), so
-a step whose temporaries exceed 64 MiB still faulted them in on every call: MiniLM
-finetuning's step takes one 184 MB block, 46,000 faults and ~90 ms of kernel time per
-~300 ms step. `run_cpu_steps_inline` runs each computation on the thread that calls it, the
-main one, whose heap keeps any size (0 faults; MiniLM SST-2 2.48 -> 2.98 steps/s, T5 tiny
-93 -> 80 ms/step, the Shakespeare GPT and tiny BERT unchanged). Forcing one arena for every
-thread would also avoid it, but its lock cost the Shakespeare step 5 ms.
+a step whose temporaries exceed 64 MiB (MiniLM finetuning's do) would still fault them in
+on every call. `run_cpu_steps_inline` runs each computation on the thread that calls it, the
+main one, whose heap keeps any size. Forcing one arena for every thread would also avoid it,
+but then every allocation of every thread takes that arena's lock. What each change measured:
+docs/performance.md.
 `LM_MALLOC=system` leaves malloc and dispatch as they are.
 """
 
@@ -45,8 +43,8 @@ def keep_freed_memory() -> bool:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     # No mmap and no trim go together: a fixed trim threshold alone also freezes glibc's
     # mmap threshold at 128 KiB, which maps (and faults) even more of each step. Without the
-    # padding, threads' own arenas still dropped and re-faulted memory in some runs (up to
-    # 4,800 faults per step); with it, none in any.
+    # padding, threads' own arenas still dropped and re-faulted memory in some runs; with it,
+    # none did.
     return all(libc.mallopt(param, value) == 1 for param, value in (
         (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _NEVER), (M_TOP_PAD, 64 << 20)))
 
@@ -54,8 +52,7 @@ def keep_freed_memory() -> bool:
 def run_cpu_steps_inline() -> None:
     """Run each CPU computation on the calling thread, not a worker: see above. Call before
     the first computation (jax reads it when it creates the CPU client); accelerators ignore
-    it. Only Python's work between steps stops overlapping a step: ~0.2 ms of a training
-    loop's step."""
+    it. Only the loop's own Python work between steps stops overlapping a step."""
     import jax
 
     if "jax_cpu_enable_async_dispatch" in jax.config.values:  # a speed knob: absent, no-op

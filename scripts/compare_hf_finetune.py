@@ -103,17 +103,6 @@ def hf_finetune(f: argparse.Namespace) -> dict[str, float]:
     return {"accuracy": correct / len(dev), "steps": steps, "ms_per_step": loop_s / steps * 1e3}
 
 
-def lm_ms_per_step(records: list[dict]) -> float:
-    """`lm`'s mean step time over its logged windows: they leave out the first step and the
-    evaluations, not the compiles of the batch shapes met later."""
-    windows = [r for r in records if r.get("train/steps_per_s")]
-    # A window times the steps after its first logged one; the first window's first step
-    # only starts the clock.
-    steps = [r["step"] - prev["step"] for prev, r in zip([{"step": 1}] + windows, windows)]
-    seconds = sum(n / r["train/steps_per_s"] for n, r in zip(steps, windows))
-    return seconds / sum(steps) * 1e3
-
-
 def hf_flags(f: argparse.Namespace, side: str) -> list[str]:
     """The command line of one PyTorch run: `side` is 'hf:<padding>'."""
     return [f"--task={f.task}", f"--train={f.train}", f"--epochs={f.epochs}", f"--lr={f.lr}",
@@ -136,11 +125,16 @@ def run(side: str, f: argparse.Namespace) -> dict[str, float]:
         if side != "lm":
             result = json.loads(out.stdout.strip().splitlines()[-1])
         else:
-            records = [json.loads(line) for line in
-                       pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()]
+            # Imported here, not at the top: the PyTorch side's process (this file) is timed.
+            from lm.train import bench
+            from lm.train.writer import read_records
+
+            records = read_records(pathlib.Path(workdir, "metrics.jsonl"))
             last = [r for r in records if r.get("eval/accuracy") is not None][-1]
+            # Every window, the first too: the compiles of the batch shapes met later count,
+            # as PyTorch's loop time counts all its steps.
             result = {"accuracy": last["eval/accuracy"], "steps": int(last["step"]),
-                      "ms_per_step": lm_ms_per_step(records)}
+                      "ms_per_step": bench.summarize(records, skip_windows=0)["ms_per_step"]}
     return {**result, "wall_s": wall}
 
 

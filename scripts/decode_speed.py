@@ -8,7 +8,7 @@ end-of-sequence: every row makes all `--new_tokens`. Timed after a compiling cal
 `--repeats`. Rows of the table:
   - cache: `generate` as it runs. A learned-position model whose text outgrows max_len
     (Shakespeare `cpu`: 64) uses the cache for the first max_len tokens, then recomputes the
-    max_len-token window for each new token (see lm/generate.py);
+    max_len-token window for each new token (see lm/generation/generate.py);
   - no cache: every token recomputes its window (`use_cache=False`);
   - cache, max_len = prompt + new tokens: the same model with a position table long
     enough never to slide: what the cache alone gives.
@@ -16,7 +16,7 @@ end-of-sequence: every row makes all `--new_tokens`. Timed after a compiling cal
 
 import argparse
 import dataclasses
-import platform
+import os
 import time
 
 import flax.linen as nn
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from lm import config as config_lib
+from lm.compile_cache import cpu_name
 from lm.generation.generate import generate
 from lm.models import ModelConfig, build
 
@@ -49,15 +50,6 @@ def tokens_per_second(cfg: ModelConfig, batch: int, new_tokens: int, use_cache: 
     return batch * new_tokens / min(seconds)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]} x{len(names)}"
-    except (OSError, IndexError):
-        return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="experiments/gpt_shakespeare_char.py:cpu")
@@ -72,7 +64,7 @@ def main() -> None:
     shape = dataclasses.asdict(cfg)
     print(f"{args.config}: {shape['num_layers']} layers x {shape['d_model']}, vocab "
           f"{shape['vocab_size']}, max_len {shape['max_len']}; {args.new_tokens} new tokens; "
-          f"{cpu_name()}, jax {jax.__version__} on {jax.devices()[0].platform}\n")
+          f"{cpu_name()} x{os.cpu_count()}, jax {jax.__version__} on {jax.devices()[0].platform}\n")
     print("| | " + " | ".join(f"batch {b} (tokens/s)" for b in args.batch) + " |")
     print("|---|" + "---:|" * len(args.batch))
     for name, row_cfg, use_cache in rows:

@@ -2,14 +2,15 @@
 # Every GPU measurement of the accelerator benchmarks in one call (budget: 8 minutes on one
 # H100/H200), so a lent machine is used well.
 #
-#   bash scripts/gpu_bench.sh prepare        # here: wheels the GPU image lacks + nanoGPT
+#   bash scripts/gpu_bench.sh prepare [NANOGPT_DIR]  # here: wheels the GPU image lacks + nanoGPT
 #   bash scripts/gpu_bench.sh run [quick]    # there, e.g. through the device tool:
 #       run(command="bash scripts/gpu_bench.sh run", carry=[".whl", ".gpu"])
 #
 # `prepare` downloads, for Python 3.12 manylinux x86-64, the wheels of what lm needs that the
 # GPU image does not ship (grain, array-record, portpicker, ml_collections, tensorboardX)
-# into .whl/, and copies nanoGPT and tiny Shakespeare from ../shared/anchors and
-# ../shared/data into .gpu/ (both ignored by git, carried with the working tree).
+# into .whl/, and copies a nanoGPT checkout (NANOGPT_DIR, else $NANOGPT_DIR: a clone of
+# https://github.com/karpathy/nanoGPT; without one the baby GPT runs lm alone) with the tiny
+# Shakespeare text lm ships into .gpu/ (both ignored by git, carried with the working tree).
 # `run` measures, writing JSON and logs under $OUT (the device tool's) or /tmp/gpu_bench:
 #   1. GPT-2 124M shapes (vocab 50257, 12 × 768, seq 1024), bf16, synthetic tokens: every
 #      variant of VARIANTS below (batch, attention implementation, remat) — MFU each;
@@ -23,6 +24,12 @@ cd "$(dirname "$0")/.."
 mode=${1:-run}
 
 if [ "$mode" = prepare ]; then
+  nanogpt=${2:-${NANOGPT_DIR:-}}
+  if [ -n "$nanogpt" ] && { [ ! -f "$nanogpt/train.py" ] || [ ! -d "$nanogpt/data/shakespeare_char" ]; }; then
+    echo "error: $nanogpt is not a nanoGPT checkout (no train.py and data/shakespeare_char):" \
+      "\`git clone https://github.com/karpathy/nanoGPT\`" >&2
+    exit 1
+  fi
   for d in .whl .gpu; do
     grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude
   done
@@ -31,8 +38,16 @@ if [ "$mode" = prepare ]; then
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
     grain==0.2.18 array-record==0.8.6 portpicker ml_collections==1.1.0 tensorboardX==2.6.5
-  rm -rf .gpu/nanoGPT && cp -r ../shared/anchors/nanoGPT .gpu/nanoGPT && chmod -R u+w .gpu
-  cp ../shared/data/tinyshakespeare/input.txt .gpu/nanoGPT/data/shakespeare_char/input.txt
+  rm -rf .gpu/nanoGPT
+  if [ -z "$nanogpt" ]; then
+    echo "note: no nanoGPT checkout: \`git clone https://github.com/karpathy/nanoGPT\` and" \
+      "pass its path (bash scripts/gpu_bench.sh prepare DIR, or set \$NANOGPT_DIR) to time" \
+      "nanoGPT's baby GPT too; without it the baby GPT runs lm alone" >&2
+  else
+    cp -r "$nanogpt" .gpu/nanoGPT && rm -rf .gpu/nanoGPT/.git && chmod -R u+w .gpu
+    gzip -dc lm/data/assets/tiny_shakespeare.txt.gz \
+      > .gpu/nanoGPT/data/shakespeare_char/input.txt
+  fi
   ls -la .whl .gpu
   exit 0
 fi

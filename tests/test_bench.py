@@ -13,7 +13,9 @@ def test_summary_skips_the_compile_window_and_needs_two_windows():
                {"step": 2, "train/steps_per_s": 4.0, "train/tokens_per_s": 400.0},
                {"step": 2, "eval/loss": 1.0},
                {"step": 3, "train/steps_per_s": 6.0, "train/tokens_per_s": 600.0}]
-    assert bench.summarize(records) == {"train/steps_per_s": 5.0, "train/tokens_per_s": 500.0}
+    # Two one-step windows of 0.25 s and 1/6 s: 2 steps in 5/12 s, not the mean of the rates.
+    assert bench.summarize(records) == pytest.approx(
+        {"train/steps_per_s": 4.8, "train/tokens_per_s": 480.0, "ms_per_step": 1e3 / 4.8})
     with pytest.raises(ValueError, match="raise --steps"):
         bench.summarize(records[:1])
 
@@ -62,18 +64,14 @@ def test_bench_on_synthetic_data_needs_no_corpus(capsys):
     assert "steps/s=" in capsys.readouterr().out
 
 
-def test_hf_comparison_times_lms_steps_from_its_windows():
-    """scripts/compare_hf_finetune.py: lm's ms/step = the windows' time over their steps (the
-    first step only starts the clock; eval records carry no rate)."""
-    import importlib.util  # noqa: PLC0415
-    import pathlib  # noqa: PLC0415
-    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "compare_hf_finetune.py"
-    spec = importlib.util.spec_from_file_location("compare_hf_finetune", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_ms_per_step_is_the_windows_time_over_their_steps():
+    """What scripts/compare_hf_finetune.py reports for lm (every window: the first step only
+    starts the clock; eval records carry no rate), and the median nanoGPT's runner reports."""
     # Steps 2..50 took 10 s, 51..100 took 5 s, 101..111 took 2.2 s; an eval at step 100.
     records = [{"step": 50, "train/steps_per_s": 49 / 10.0},
                {"step": 100, "train/steps_per_s": 50 / 5.0},
                {"step": 100, "eval/accuracy": 0.5},
                {"step": 111, "train/steps_per_s": 11 / 2.2}]
-    assert script.lm_ms_per_step(records) == pytest.approx(17.2 / 110 * 1e3)
+    summary = bench.summarize(records, skip_windows=0)
+    assert summary["ms_per_step"] == pytest.approx(17.2 / 110 * 1e3)
+    assert bench.median_ms_per_step(records, skip_windows=0) == pytest.approx(200.0)

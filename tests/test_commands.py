@@ -9,6 +9,7 @@ import pytest
 
 from lm.__main__ import main
 from lm.eval import predictions as predict
+from lm.generation import inference
 from lm.generation.inference import classify_texts
 from lm.train import saved
 
@@ -94,6 +95,57 @@ def test_classify_agrees_with_predict_on_the_dev_set(tmp_path, capsys):
     main(["lm", "classify", "--workdir", str(workdir), texts[0]])
     assert capsys.readouterr().out.startswith(labels[0][0] + "\t")
     assert scores["examples"] == 8
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_classify_a_hugging_face_classifier_as_transformers_does(family, gpt2_tokenizer_dir,
+                                                                  tmp_path, capsys):
+    """`classify --hf` on a random HF classifier (and on its `lm convert` copy): the labels
+    of config.json's id2label and transformers' own probabilities."""
+    import torch
+    import transformers
+
+    from lm.cli.convert import main as convert_main
+    from lm.convert import minilm_dir
+    from tests.test_convert import bert_config, gpt2_config, randomized
+    from tests.test_convert import saved as save_hf
+    from tests.test_generate import with_tokenizer
+
+    torch.manual_seed(0)
+    id2label = {0: "negative", 1: "positive", 2: "neutral"}
+    if family == "bert":
+        vocab_dir = str(minilm_dir())
+        vocab = transformers.AutoTokenizer.from_pretrained(vocab_dir)
+        hf = transformers.BertForSequenceClassification(bert_config(
+            vocab_size=len(vocab), id2label=id2label))
+        texts = ["A great movie!", "It rains.\tThe streets are wet."]
+    else:
+        vocab_dir = gpt2_tokenizer_dir
+        vocab = transformers.AutoTokenizer.from_pretrained(vocab_dir)
+        hf = transformers.GPT2ForSequenceClassification(gpt2_config(
+            vocab_size=len(vocab), id2label=id2label))
+        texts = ["ROMEO: But soft,", "Good morrow"]
+    hf = randomized(hf)
+    directory = with_tokenizer(save_hf(hf, tmp_path / "hf"), vocab_dir)
+    want = []
+    for text in texts:
+        with torch.no_grad():
+            logits = hf(**vocab(*text.split("\t"), return_tensors="pt")).logits[0]
+        want.append(torch.softmax(logits, -1).numpy())
+    convert_main(["convert", directory, str(tmp_path / "out")])
+    capsys.readouterr()
+    for source in (directory, str(tmp_path / "out")):
+        main(["lm", "classify", "--hf", source, *texts])
+        rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+        assert len(rows) == len(texts)
+        for row, probs in zip(rows, want, strict=True):
+            assert row[0] == id2label[int(probs.argmax())]
+            shown = dict(pair.split("=") for pair in row[1].split("  "))
+            assert list(shown) == list(id2label.values())
+            np.testing.assert_allclose([float(v) for v in shown.values()], probs, atol=1e-3)
+    got = inference.classify(*inference.load_hf(directory), texts,
+                             labels=inference.hf_labels(directory))
+    np.testing.assert_allclose([list(p.values()) for _, p in got], want, atol=1e-5)
 
 
 def test_classify_refuses_a_language_model_run(shakespeare_run):

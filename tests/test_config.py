@@ -23,8 +23,12 @@ def test_config_and_every_experiment_file_load_without_jax():
         "import sys, pathlib\n"
         "import lm.config as c\n"
         "for path in sorted(pathlib.Path('experiments').glob('*.py')):\n"
-        "    module = c.load_module(path)\n"
+        "    module = c.load_module(path, needs=None)\n"
         "    for arg in module.ARGS:\n"
+        "        if hasattr(module, 'get_study'):\n"
+        "            c.study_configs(c.load_study(f'{path}:{arg}'))\n"
+        "        if not hasattr(module, 'get_config'):\n"
+        "            continue\n"
         "        c.load(f'{path}:{arg}').to_dict()\n"
         "        if hasattr(module, 'get_sweep'):\n"
         "            c.load_sweep(f'{path}:{arg}')\n"
@@ -125,8 +129,51 @@ def test_bert_sweep_switches_nsp_and_ranks_by_the_mlm_loss(tmp_path):
 
 def test_every_experiment_lists_its_args_and_every_arg_builds():
     for path in sorted(EXPERIMENTS.glob("*.py")):
-        module = config_lib.load_module(path)
+        module = config_lib.load_module(path, needs=None)
         assert module.ARGS, path
         for arg in module.ARGS:
+            if hasattr(module, "get_study"):  # a study file: its variants' and tasks' build
+                config_lib.study_configs(config_lib.load_study(f"{path}:{arg}"))
+            if not hasattr(module, "get_config"):
+                continue
             config = config_lib.load(f"{path}:{arg}").to_dict()
             assert set(config) == {"model", "data", "train", "mesh", "init"}
+
+
+STUDY_FILE = """
+from lm.config import Study, Task, Variant
+
+ARGS = ("x",)
+
+
+def get_study(arg=None):
+    if arg == "bad":
+        return {{"variants": []}}
+    return Study([Variant("a", "{exp}", {{"train.lr": 0.5}}), Variant("b", "{exp}")],
+                 [Task("t", "{exp}", "eval/accuracy", overrides={{"train.steps": 7}})],
+                 pretrain_seeds=[0, 1])
+"""
+
+
+def test_a_study_file_needs_get_study_not_get_config(tmp_path):
+    path = tmp_path / "study.py"
+    path.write_text(STUDY_FILE.format(exp=SHAKESPEARE))
+    study = config_lib.load_study(str(path))
+    assert (study.baseline, study.pretrain_seeds, study.finetune_seeds) == ("a", (0, 1), (0,))
+    configs = config_lib.study_configs(study)
+    assert configs["variant/a"].train.lr == 0.5 and configs["task/t"].train.steps == 7
+    with pytest.raises(config_lib.ConfigError, match="get_study must return"):
+        config_lib.load_study(f"{path}:bad")
+    with pytest.raises(config_lib.ConfigError, match="defines no get_config"):
+        config_lib.load(str(path))
+    with pytest.raises(config_lib.ConfigError, match="defines no get_study"):
+        config_lib.load_study(SHAKESPEARE)
+
+
+def test_sweep_seeds():
+    assert config_lib.Sweep([{"train.lr": 1}]).seeds == ()
+    assert config_lib.Sweep([{"train.lr": 1}], seeds=[2, 0]).seeds == (2, 0)
+    with pytest.raises(config_lib.ConfigError, match="sets train.seed"):
+        config_lib.Sweep([{"train.seed": 1}], seeds=(0,))
+    with pytest.raises(config_lib.ConfigError, match="repeat a seed"):
+        config_lib.Sweep([{"train.lr": 1}], seeds=(0, 0))

@@ -271,6 +271,27 @@ def test_cli_writes_a_loadable_checkpoint(gpt2, tmp_path):
     assert model.cfg == want_model.cfg
     assert "layers_1" in params["decoder"]
     jax.tree.map(np.testing.assert_array_equal, params, want)
+    # Read in the other layer layout (scanned), as from_hf would import it.
+    model, params = load_converted(tmp_path / "out", scan_layers=True)
+    jax.tree.map(np.testing.assert_array_equal, params, from_hf(gpt2[1])[1])
+
+
+def test_a_converted_directory_samples_as_its_hf_directory(gpt2_tokenizer_dir, tmp_path, capsys):
+    """`lm convert HF OUT` copies the tokenizer, so `sample --hf OUT` reads OUT as `--hf HF`."""
+    from lm.__main__ import main
+    from tests.test_generate import with_tokenizer
+
+    _, directory = random_gpt2(tmp_path / "hf", vocab_size=401)
+    directory = with_tokenizer(directory, gpt2_tokenizer_dir)
+    convert_main(["convert", directory, str(tmp_path / "out")])
+    assert {"tokenizer.json", "hf_config.json"} <= set(os.listdir(tmp_path / "out"))
+    assert "tokenizer: tokenizer.json" in capsys.readouterr().out
+    texts = []
+    for source in (directory, str(tmp_path / "out")):
+        main(["lm", "sample", "--hf", source, "--prompt", "ROMEO: But soft,", "--temperature",
+              "0", "--max_new_tokens", "8"])
+        texts.append(capsys.readouterr().out.split("\n", 1)[1])
+    assert texts[0] == texts[1] and len(texts[0]) > len("ROMEO: But soft,\n")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -339,3 +360,26 @@ def test_missing_directory_or_weights_is_a_clear_error(tmp_path):
     save_file({}, f"{tmp_path}/model.safetensors")
     with pytest.raises(ValueError, match="config.json has no field 'n_embd'"):
         from_hf(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["../secret/model.safetensors", "ABSOLUTE", "link"])
+def test_an_index_naming_shards_outside_the_directory_is_refused(where, tmp_path):
+    """model.safetensors.index.json is data from the download: its shard paths may not leave
+    the checkpoint directory (`..`, an absolute path, a symlink out)."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    save_file({"wte.weight": np.ones((4, 2), np.float32)}, f"{secret}/model.safetensors")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    gpt2_config().to_json_file(model_dir / "config.json")
+    shard = {"ABSOLUTE": str(secret / "model.safetensors"), "link": "shard.safetensors"}.get(
+        where, where)
+    if where == "link":
+        (model_dir / "shard.safetensors").symlink_to(secret / "model.safetensors")
+    (model_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"wte.weight": shard}}))
+    with pytest.raises(ValueError, match=r"outside .*only files inside the checkpoint"):
+        from_hf(model_dir)
+    with pytest.raises(ValueError, match=r"outside"):  # a UserError: one line, exit 1
+        convert_main(["convert", str(model_dir), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

@@ -113,7 +113,7 @@ def test_a_full_disk_stops_at_the_save_and_says_how_much_is_needed(tmp_path, mon
                         lambda path: usage._replace(free=1000))
     text = _run("train", "--config", EXPERIMENT, "--workdir", str(tmp_path / "run"), *TINY,
                 "--config.train.checkpoint_every=2")
-    assert "not enough disk space to save a checkpoint" in text and "1000 B is free" in text
+    assert "not enough disk space to save a checkpoint" in text and "1.00 kB is free" in text
     records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert max(int(r.split('"step": ')[1].split(",")[0].rstrip("}")) for r in records) == 2
 
@@ -157,3 +157,62 @@ def test_a_batch_the_data_devices_cannot_divide_is_refused_before_anything_runs(
     config.train.update(batch_size=16, grad_accum_steps=2, eval_batch_size=6)
     with pytest.raises(UserError, match="train.eval_batch_size=6 does not split"):
         topology.check(config, _Mesh())
+
+
+def test_a_step_that_is_not_a_number_names_the_choices(finished_run):
+    text = _run("sample", "--workdir", str(finished_run), "--step", "foo", "--prompt", "A")
+    assert "--step 'foo': expected 'best', 'latest' or a step number" in text
+
+
+# (flag, value, what the message says): checked before the model is read.
+SAMPLING_CASES = [
+    ("--num_samples", "0", "must be >= 1"),
+    ("--max_new_tokens", "0", "must be >= 1"),
+    ("--temperature", "-0.5", "must be >= 0"),
+    ("--top_k", "-1", "must be >= 0"),
+    ("--top_p", "0.0", r"must be in \(0, 1\]"),
+    ("--top_p", "1.5", r"must be in \(0, 1\]"),
+]
+
+
+@pytest.mark.parametrize("flag, value, rule", SAMPLING_CASES,
+                         ids=[f"{f}={v}" for f, v, _ in SAMPLING_CASES])
+def test_sampling_arguments_out_of_range_name_the_flag(flag, value, rule, tmp_path):
+    text = _run("sample", "--workdir", str(tmp_path / "never_read"), "--prompt", "A", flag,
+                value)
+    assert re.search(f"error: {flag} {value}: {rule}", text), text
+
+
+def test_sample_text_checks_its_arguments_before_anything_else():
+    from lm.generation.inference import sample_text
+
+    with pytest.raises(UserError, match="--num_samples 0: must be >= 1"):
+        sample_text(None, None, None, ["A"], num_samples=0)
+
+
+@pytest.mark.parametrize("experiment", ["gpt_wikitext.py:tiny", "bert_mlm_nsp.py:tiny"])
+def test_wikitext_not_prepared_says_how_to_prepare_it(experiment, tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    text = _run("train", "--config", f"{REPO}/experiments/{experiment}", "--workdir",
+                str(tmp_path / "run"))
+    assert "python -m lm data prepare wikitext-2" in text and "$LM_DATA_DIR" in text, text
+    assert f"{tmp_path / 'data'}" in text and not (tmp_path / "run").exists()
+
+
+def test_files_of_no_known_dataset_name_the_setting_and_the_data_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    text = _run("train", "--config", EXPERIMENT, "--workdir", str(tmp_path / "run"), *TINY,
+                "--config.data.source=text", "--config.data.files.train=mine/*.txt")
+    assert "data.files.train='mine/*.txt'" in text and "$LM_DATA_DIR" in text, text
+    assert "data prepare" not in text
+
+
+@pytest.mark.parametrize("name", ["glue", "glue/sst2", "wikitext-2"])
+def test_prepare_from_a_missing_directory_names_it(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_DATA_DIR", str(tmp_path / "data"))
+    text = _run("data", "prepare", name, "--from", str(tmp_path / "nowhere"))
+    assert f"--from {tmp_path / 'nowhere'}: no such directory" in text, text
+    text = _run("data", "prepare", "glue", "--from", str(tmp_path))  # exists, holds no task
+    assert f"--from {tmp_path} holds no GLUE task's files" in text, text

@@ -330,6 +330,31 @@ def test_t5_sample_text_decodes_the_encoder_input(t5_tokenizer_dir, tmp_path):
         assert text_got == ref.decode([i for i in out if i != 0], skip_special_tokens=False)
 
 
+def test_sample_temperature_defaults_to_the_models_natural_one(t5_tokenizer_dir,
+                                                               gpt2_tokenizer_dir, tmp_path,
+                                                               capsys):
+    """`sample` without --temperature: greedy for T5 (as transformers' generate), 1.0 for GPT."""
+    from lm.__main__ import main
+
+    t5_dir = with_tokenizer(saved(t5_model("t5", untie=False, vocab_size=400, **T5_LAYERS),
+                                  tmp_path / "t5"), t5_tokenizer_dir)
+    gpt_dir = with_tokenizer(random_gpt2(tmp_path / "gpt", vocab_size=401)[1],
+                             gpt2_tokenizer_dir)
+
+    def sample(directory, *flags):
+        main(["lm", "sample", "--hf", directory, "--prompt", "a rose by any other name",
+              "--max_new_tokens", "8", "--num_samples", "2", "--seed", "1", *flags])
+        return capsys.readouterr().out
+
+    assert sample(t5_dir) == sample(t5_dir, "--temperature", "0")
+    assert sample(gpt_dir) == sample(gpt_dir, "--temperature", "1")
+    assert sample(gpt_dir) != sample(gpt_dir, "--temperature", "0")
+    with pytest.raises(SystemExit):
+        main(["lm", "sample", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert "default: 0 for T5 (encoder-decoder), 1.0 for GPT" in help_text
+
+
 def test_fill_mask_equals_transformers_masked_lm(tmp_path):
     torch.manual_seed(0)
     vocab = transformers.AutoTokenizer.from_pretrained(minilm_dir())

@@ -10,7 +10,7 @@ LM = pathlib.Path(__file__).resolve().parent.parent / "lm"
 # Lowest first: a module may import its own layer or a lower one, never a higher one.
 # train and eval share a layer: the loop runs the eval runner, which runs train's eval step.
 LAYERS = [
-    {"errors", "compile_cache", "malloc", "distributed"},
+    {"errors", "units", "compile_cache", "malloc", "distributed"},
     {"nn"},
     {"models"},
     {"data", "convert", "config"},
@@ -19,8 +19,8 @@ LAYERS = [
     {"runs"},
     {"cli", "__main__"},
 ]
-TOP_LEVEL_MODULES = {"__init__", "__main__", "errors", "config", "compile_cache", "malloc",
-                     "distributed"}
+TOP_LEVEL_MODULES = {"__init__", "__main__", "errors", "units", "config", "compile_cache",
+                     "malloc", "distributed"}
 
 
 def _modules() -> dict[str, pathlib.Path]:

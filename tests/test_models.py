@@ -95,6 +95,15 @@ def test_bad_family_size_or_field():
         model_config("bert", "tiny", heads=("mlm", "sop"))
 
 
+def test_every_activation_name_has_one_function():
+    """The config's names, the layers' functions and the HF converters' targets agree."""
+    from lm.convert.common import HF_ACTIVATIONS
+    from lm.nn import config, layers
+
+    assert set(layers.ACTIVATIONS) == set(config.ACTIVATIONS)
+    assert set(HF_ACTIVATIONS.values()) <= set(config.ACTIVATIONS)
+
+
 def test_config_round_trips_through_a_flat_dict():
     cfg = tiny("bert")
     d = dataclasses.asdict(cfg)

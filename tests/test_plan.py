@@ -18,7 +18,7 @@ import pytest
 
 from lm.data import make_iterator, make_tokenizer, specs
 from lm.train import windows
-from lm.train.plan import parse_bytes
+from lm.units import parse_bytes
 from tests.test_data_objectives import small_sentencepiece
 from tests.test_data_pipeline import cfg_for
 

@@ -4,6 +4,7 @@ import csv
 import json
 import pathlib
 import shlex
+import sys
 import textwrap
 
 import pytest
@@ -204,3 +205,93 @@ def test_real_2x2_sweep_end_to_end(tmp_path):
     assert len(list(workdir.glob(f"*/{sweep.DONE}"))) == 4
     # Everything is done: running again trains nothing.
     assert sweep.run_points(str(path), str(workdir), log=lambda *_: None) == []
+
+
+def test_without_matplotlib_the_plot_is_skipped_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    sweep.plot([], tmp_path / "results.png")
+    assert capsys.readouterr().out == (
+        "matplotlib is not installed: pip install 'lm[plot]' for results.png\n")
+    assert not (tmp_path / "results.png").exists()
+
+
+# Overrides of every type (tuples, strings) and seeds (issue 22, items 6 and 7).
+TYPED_EXPERIMENT = textwrap.dedent('''
+    from lm.config import Sweep, base_config
+
+    ARGS = ("x", "seeds")
+
+    def get_config(arg):
+        config = base_config()
+        config.model = dict(heads=("mlm", "nsp"), name="a")
+        config.train.steps = 3
+        return config
+
+    def get_sweep(arg):
+        return Sweep([{"model.heads": ("mlm", "nsp"), "model.name": "x y"},
+                      {"model.heads": ("mlm",), "model.name": "z"}],
+                     metric="eval/accuracy", mode="max",
+                     seeds=(0, 1, 2) if arg == "seeds" else ())
+''')
+
+
+def _typed_train(config, workdir):
+    """A score from the number of heads and the seed, at step 3 (the best step)."""
+    acc = 0.5 + 0.1 * len(config.model.heads) + 0.01 * config.train.seed ** 2
+    with open(pathlib.Path(workdir) / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"step": 3, "train/loss": 1.0}) + "\n")
+        f.write(json.dumps({"step": 3, "eval/accuracy": acc}) + "\n")
+    return {"step": 3.0, "best/eval/accuracy": acc, "best/step": 3.0}
+
+
+@pytest.fixture
+def typed(tmp_path):
+    path = tmp_path / "typed_experiment.py"
+    path.write_text(TYPED_EXPERIMENT)
+    return str(path)
+
+
+def test_tuple_and_string_overrides_are_tabulated_and_plotted(typed, tmp_path):
+    """The NSP sweep's `model.heads` tuples (lists once read back from sweep.json) broke
+    results.png and --summarize with "unhashable type: 'list'"."""
+    workdir = tmp_path / "sweep"
+    sweep.run_points(typed + ":x", str(workdir), train_fn=_typed_train, log=lambda *_: None)
+    rows = sweep.summarize(str(workdir), log=lambda *_: None)
+    assert [r["model.heads"] for r in rows] == [["mlm", "nsp"], ["mlm"]]
+    with open(workdir / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["model.heads"], r["model.name"]) for r in table] == [("(mlm,nsp)", "x y"),
+                                                                  ("(mlm,)", "z")]
+    assert "| (mlm,nsp) | x y |" in (workdir / "results.md").read_text()
+    assert (workdir / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # The table's text is the flag that rebuilds the value.
+    config = sweep.point_config(typed + ":x", [f"--config.model.heads={table[1]['model.heads']}"])
+    assert tuple(config.model.heads) == ("mlm",)
+
+
+def test_sweep_seeds_repeat_each_point_and_rank_by_the_mean(typed, tmp_path):
+    import numpy as np
+
+    workdir, lines = tmp_path / "sweep", []
+    ran = sweep.run_points(typed + ":seeds", str(workdir), train_fn=_typed_train,
+                           log=lambda *_: None)
+    assert ran == [f"heads=mlm-nsp,name=x_y,seed={s}" for s in (0, 1, 2)] + [
+        f"heads=mlm,name=z,seed={s}" for s in (0, 1, 2)]
+    commands = sweep.commands(typed + ":seeds", str(workdir))
+    assert len(commands) == 6 and commands[4].endswith("--config.train.seed=1")
+    sweep.summarize(str(workdir), log=lines.append)
+    with open(workdir / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    with open(workdir / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    assert [r["point"] for r in table] == ["heads=mlm-nsp,name=x_y", "heads=mlm,name=z"]
+    for row, heads in zip(table, (2, 1)):
+        scores = [0.5 + 0.1 * heads + 0.01 * s ** 2 for s in (0, 1, 2)]
+        assert float(row["mean"]) == pytest.approx(np.mean(scores))
+        assert float(row["std"]) == pytest.approx(np.std(scores, ddof=1))
+        assert row["n"] == "3" and row["model.heads"] == ("(mlm,nsp)" if heads == 2
+                                                           else "(mlm,)")
+    assert [r["rank"] for r in table] == ["1", "2"]  # mode max: the higher mean first
+    assert lines[0].startswith("best seeds: heads=mlm-nsp,name=x_y  "
+                               "eval/accuracy=0.7167 ± 0.0208 (n=3)")
+    assert (workdir / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -263,7 +263,7 @@ def test_gpt2_flops_use_nanogpts_parameter_count():
 
 
 def test_throughput_counts_each_steps_own_tokens_and_skips_the_first(monkeypatch):
-    clock = iter([10.0, 12.0, 20.0])  # window start, first rate, second rate
+    clock = iter([10.0, 11.0, 11.5, 12.0, 20.0])  # when each step was seen finished
     monkeypatch.setattr(mfu.time, "perf_counter", lambda: next(clock))
     meter = mfu.Throughput()
     meter.tick(999, 1e9)  # the first read starts the clock: its step is not timed
@@ -274,6 +274,29 @@ def test_throughput_counts_each_steps_own_tokens_and_skips_the_first(monkeypatch
     assert meter.rate() is None  # no step since
     meter.tick(16, 16.0)
     assert meter.rate() == mfu.Rates(steps=1 / 8, tokens=16 / 8, flops=16 / 8)
+
+
+def test_throughput_at_a_checkpoint_step_is_the_steps_own_rate(monkeypatch):
+    """The loop's reads on a CPU, whose steps run inside their call: step k is read after
+    step k + 1 has run, and at a checkpoint step the forced read of that step comes
+    microseconds later. Timed by the reads, that last window was 1 step per 10 µs (100,000×);
+    timed by when each step was seen finished, every window is 1 step per second."""
+    now = [0.0]
+    monkeypatch.setattr(mfu.time, "perf_counter", lambda: now[0])
+    meter, rates = mfu.Throughput(), []
+    finished = {}
+    for s in range(1, 7):  # checkpoint at step 6 (log_every=1); each step takes 1 s
+        now[0] = float(s)
+        finished[s] = now[0]  # the step's call returned: it is done
+        reads = [s - 1] + ([s] if s == 6 else [])
+        for k in reads:
+            if k:
+                now[0] += 1e-5  # the host reads step k
+                meter.tick(100, 1e3, done=finished[k])
+                rates.append(meter.rate())
+    assert rates[0] is None  # step 1 only starts the clock
+    assert [r.steps for r in rates[1:]] == [1.0] * 5
+    assert [r.tokens for r in rates[1:]] == [100.0] * 5
 
 
 def test_the_run_holds_its_objects_out_of_the_gc_and_lets_them_go_after(monkeypatch, tmp_path):

@@ -10,6 +10,7 @@ import os
 import sys
 
 from lm import config as config_lib
+from lm import units
 from lm.cli import common
 
 USAGE = __doc__
@@ -24,9 +25,12 @@ def main(argv: list[str]) -> None:
                         help="for tp presets and the host axes (default: min(devices, 8))")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     flags, overrides = common.parse(parser, argv[1:])
+    if flags.devices < 1 or flags.devices_per_host < 0:
+        parser.error(f"--devices {flags.devices} --devices_per_host {flags.devices_per_host}: "
+                     "--devices must be >= 1 and --devices_per_host >= 0 (0 = min(devices, 8))")
     from lm.train import plan  # imports no jax: the device count below is set before it
 
-    memory = plan.parse_bytes(flags.device_memory) if flags.device_memory else None
+    memory = units.parse_bytes(flags.device_memory) if flags.device_memory else None
     # Before JAX starts: N CPU devices in this process (compiling needs no collective).
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["XLA_FLAGS"] = " ".join(

@@ -2,7 +2,7 @@
 (post-LN)."""
 
 from lm.convert.common import (
-    ACTIVATIONS,
+    HF_ACTIVATIONS,
     Path,
     Rule,
     attention_rules,
@@ -43,7 +43,7 @@ def config(hf: dict) -> dict:
         d_ff=hf["intermediate_size"], max_len=hf["max_position_embeddings"],
         type_vocab_size=hf.get("type_vocab_size", 2), position="learned", norm="layernorm",
         norm_eps=hf.get("layer_norm_eps", 1e-12), prenorm=False,
-        activation=field(hf, "hidden_act", ACTIVATIONS, "gelu"), gated=False, use_bias=True,
+        activation=field(hf, "hidden_act", HF_ACTIVATIONS, "gelu"), gated=False, use_bias=True,
         tie_embeddings=True, dropout_rate=hf.get("hidden_dropout_prob", 0.1),
         attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
         scale_attention=True, init_std=hf.get("initializer_range", 0.02),

@@ -12,7 +12,7 @@ Rule = tuple[str, Callable[[np.ndarray], np.ndarray]]  # (HF tensor name, its la
 
 # HF activation names (transformers' ACT2FN) -> lm activation. 'gelu' is the exact erf form;
 # gelu_new / gelu_fast / gelu_pytorch_tanh are all the tanh approximation.
-ACTIVATIONS = {
+HF_ACTIVATIONS = {
     "gelu": "gelu", "gelu_python": "gelu",
     "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
     "relu": "relu", "silu": "silu", "swish": "silu",

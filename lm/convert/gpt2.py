@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lm.convert.common import (
-    ACTIVATIONS,
+    HF_ACTIVATIONS,
     Path,
     Rule,
     field,
@@ -44,7 +44,7 @@ def config(hf: dict) -> dict:
         num_heads=hf["n_head"], d_ff=hf.get("n_inner") or 4 * d_model,
         max_len=hf["n_positions"],
         position="learned", norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        prenorm=True, activation=field(hf, "activation_function", ACTIVATIONS, "gelu_new"),
+        prenorm=True, activation=field(hf, "activation_function", HF_ACTIVATIONS, "gelu_new"),
         gated=False, use_bias=True, tie_embeddings=hf.get("tie_word_embeddings", True),
         dropout_rate=hf.get("resid_pdrop", 0.1), attention_dropout_rate=hf.get("attn_pdrop", 0.1),
         scale_attention=True,

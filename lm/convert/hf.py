@@ -81,17 +81,31 @@ def read_config(directory: pathlib.Path) -> dict:
             f"{str(path)!r} is missing: an HF checkpoint directory holds config.json and "
             "model.safetensors (what `save_pretrained` writes)"
         )
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:  # not JSON (or not UTF-8)
+        raise UserError(f"{path} is not JSON ({e}): re-save the model with "
+                        "`save_pretrained(dir)`") from None
+
+
+def _inside(directory: pathlib.Path, index: pathlib.Path, shard: str) -> pathlib.Path:
+    """`directory / shard`, refused unless it resolves (links followed) to a file inside it."""
+    if not isinstance(shard, str) or not (directory / shard).resolve().is_relative_to(
+            directory.resolve()):
+        raise UserError(f"{index} names the shard {shard!r}, outside {directory}: only files "
+                        "inside the checkpoint directory are read")
+    return directory / shard
 
 
 def weight_files(directory: pathlib.Path) -> list[pathlib.Path]:
-    """model.safetensors, or the shards its index names."""
+    """model.safetensors, or the shards its index names: files inside `directory` only (an
+    index naming `../x` or an absolute path is refused, not followed)."""
     single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
     if single.is_file():
         files = [single]
     elif index.is_file():
         shards = json.loads(index.read_text())["weight_map"].values()
-        files = sorted({directory / shard for shard in shards})
+        files = sorted({_inside(directory, index, shard) for shard in shards})
     else:
         present = sorted(p.name for p in directory.iterdir())
         raise MissingFileError(
@@ -113,6 +127,9 @@ def read_tensors(files: list[pathlib.Path]) -> dict[str, np.ndarray]:
             tensors.update(safetensors.numpy.load_file(f))
         except TypeError:  # numpy has no bfloat16; the flax loader reads it through jax
             tensors.update({k: np.asarray(v) for k, v in safetensors.flax.load_file(f).items()})
+        except safetensors.SafetensorError as e:  # truncated or not safetensors at all
+            raise UserError(f"{f} is damaged or not a safetensors file ({e}): download or "
+                            "save it again") from None
     return tensors
 
 

@@ -30,23 +30,37 @@ def _tfds_record(task: glue.GlueTask, r: dict) -> dict:
             "idx": int(r["idx"])}
 
 
-def _tsv_label(task: glue.GlueTask, value: str) -> int | float:
+def _tsv_label(task: glue.GlueTask, value: str) -> int | float | None:
+    """The label of a TSV cell; None when the cell is not one of the task's labels."""
     if task.labels is None:
-        return float(value)
+        try:
+            return float(value)
+        except ValueError:
+            return None
     if task.tsv_label_names:
-        return task.labels.index(value) if value in task.labels else -1
-    return int(value) if value.lstrip("-").isdigit() else -1  # test files: no label
+        return task.labels.index(value) if value in task.labels else None
+    return int(value) if value.lstrip("-").isdigit() else None
 
 
-def tsv_records(path: str, task: glue.GlueTask) -> list[dict]:
+def tsv_records(path: str, task: glue.GlueTask, labeled: bool = True) -> list[dict]:
+    """The rows of a GLUE TSV. `labeled` (train and dev files): every row must carry one of
+    the task's labels; test files have none (label -1)."""
     rows = sources.read_tsv(path, header=task.header)
+    records = []
     for i, r in enumerate(rows):
-        missing = [c for c in task.tsv_texts if c not in r]
+        missing = [c for c in (*task.tsv_texts, *([task.tsv_label] if labeled else []))
+                   if c not in r]
         if missing:
             raise UserError(f"{path} row {i} lacks columns {missing}; it has {sorted(r)}")
-    return [{"texts": tuple(r[c] for c in task.tsv_texts),
-             "label": _tsv_label(task, r.get(task.tsv_label, "")), "idx": i}
-            for i, r in enumerate(rows)]
+        label = _tsv_label(task, r.get(task.tsv_label, ""))
+        if label is None and labeled:
+            valid = "a number" if task.labels is None else \
+                list(task.labels) if task.tsv_label_names else f"0..{len(task.labels) - 1}"
+            raise UserError(f"{path} row {i}: label {r[task.tsv_label]!r} is not a {task.name} "
+                            f"label (expected {valid}): fix the file, or check data.task")
+        records.append({"texts": tuple(r[c] for c in task.tsv_texts),
+                        "label": -1 if label is None else label, "idx": i})
+    return records
 
 
 def _tsv_split(files: dict, data_dir: str, task: glue.GlueTask, split: str) -> Sequence[dict]:
@@ -58,7 +72,7 @@ def _tsv_split(files: dict, data_dir: str, task: glue.GlueTask, split: str) -> S
             raise MissingFileError(
                 f"no TSV for split {name!r} of {task.name} at {path}: run `python -m lm data "
                 f"prepare glue/{task.name}` (or set data.files.{name} / data.data_dir)")
-        return tsv_records(path, task)
+        return tsv_records(path, task, labeled=name != "test")
 
     names = {p[0] for p in sources.parse_split(split)}
     return sources.apply_split(split, {n: load(n) for n in names})

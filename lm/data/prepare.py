@@ -14,6 +14,7 @@ with data.source='glue' uses TFDS's copy when it is prepared and these TSV files
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import io
 import os
@@ -97,6 +98,14 @@ def files_of(name: str) -> list[File]:
     return DATASETS[name]
 
 
+def dataset_of(pattern: str) -> str | None:
+    """The dataset whose files a data-home path (or glob) names: 'wikitext-2/train.txt' ->
+    'wikitext-2'; None if `lm data prepare` puts no such file."""
+    pattern = pattern.removeprefix("./")
+    return next((name for name, files in DATASETS.items()
+                 if any(fnmatch.fnmatchcase(f.path, pattern) for f in files)), None)
+
+
 def sha256(path: pathlib.Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -150,6 +159,9 @@ def prepare(name: str, source: str | None = None, *, fetch: Callable[[str], byte
     (a different release), not fatal. 'glue' prepares every task; from a local copy, the
     tasks it lacks are skipped with a note.
     """
+    if source and not pathlib.Path(source).is_dir():
+        raise MissingFileError(f"--from {source}: no such directory (it should hold the files "
+                               "laid out as in the data home, e.g. glue/SST-2/dev.tsv)")
     if name == "glue":
         written = []
         for task in glue.TASKS:
@@ -159,6 +171,9 @@ def prepare(name: str, source: str | None = None, *, fetch: Callable[[str], byte
                 if not source:
                     raise
                 log(f"glue/{task}: skipped ({e})")
+        if not written:
+            raise MissingFileError(f"--from {source} holds no GLUE task's files (expected "
+                                   "e.g. glue/SST-2/train.tsv and glue/SST-2/dev.tsv under it)")
         return written
     files, target = files_of(name), home.data_home()
     if source:

@@ -105,8 +105,8 @@ class Mapped(Sequence):
 
 
 def read_all(items: Sequence) -> list:
-    """Every item, in one batched read where the source has one: TFDS's array_record reads
-    10% of SST-2 (6,735 records) in 0.36 s at once against 1.97 s one at a time."""
+    """Every item, in one batched read where the source has one: TFDS's array_record then
+    reads many records per call, instead of one call (and one lookup) per record."""
     if isinstance(items, Mapped):
         return [items.fn(x) for x in read_all(items.items)]
     read = getattr(items, "__getitems__", None)
@@ -197,9 +197,25 @@ def _line_kind(body: bytes, separator: str) -> str:
     return "text"
 
 
+def _check_utf8(path: str, number: int, line: bytes) -> None:
+    """Text files are UTF-8: anything else (latin-1, a binary file) is named, not replaced."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (line {number}, byte {e.start}: "
+                        f"{line[e.start:e.start + 4]!r}): convert it, e.g. `iconv -f latin1 -t "
+                        "utf-8`, or give another file") from None
+    if b"\0" in line:
+        raise UserError(f"{path} is a binary file, not text (a NUL byte on line {number}): "
+                        "give a text file") from None
+
+
 def _doc_spans(path: str, separator: str) -> list[tuple[int, int]]:
     """(start, end) byte offsets of the non-blank documents of one file, streaming its lines."""
     if separator == "file":
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                _check_utf8(path, number, line)
         return [(0, os.path.getsize(path))]
     spans, start, pos, has_text = [], 0, 0, False
 
@@ -208,8 +224,9 @@ def _doc_spans(path: str, separator: str) -> list[tuple[int, int]]:
             spans.append((start, end))
 
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             body = line.rstrip(b"\r\n")
+            _check_utf8(path, number, body)
             kind = _line_kind(body, separator)
             if kind == "title":  # the title line belongs to its article
                 close(pos)
@@ -350,7 +367,26 @@ def local_files(cfg, name: str) -> str:
     if name not in files:
         raise UserError(f"no files for split {name!r}: set data.files.{name}=GLOB "
                         f"(data.files has {sorted(files) or 'nothing'})")
-    return home.resolve(files[name])
+    resolved = home.resolve(files[name])
+    if not glob.glob(os.path.expanduser(resolved)):
+        raise MissingFileError(_missing_files(name, files[name], resolved))
+    return resolved
+
+
+def _missing_files(split: str, pattern: str, resolved: str) -> str:
+    """What to do when data.files.<split> matches nothing: the `lm data prepare` command
+    that puts the files there, where the dataset is one it knows."""
+    from lm.data import prepare  # noqa: PLC0415  (only on this error)
+
+    where = (f"looked up in the working directory, then in the data home {home.data_home()} "
+             f"(${home.DATA_ENV}, default ~/.cache/lm)")
+    message = f"no files match data.files.{split}={pattern!r} ({resolved}; {where})"
+    dataset = None if os.path.isabs(os.path.expanduser(pattern)) else prepare.dataset_of(pattern)
+    if dataset:
+        return (f"{message}: run `python -m lm data prepare {dataset}` to put them there, or "
+                f"point ${home.DATA_ENV} at a directory that holds them")
+    return (f"{message}: set data.files.{split} to your files, or put them under "
+            f"${home.DATA_ENV}")
 
 
 def text_source(cfg, split: str) -> Sequence[str]:

@@ -13,6 +13,23 @@ from lm.data import bert, glue, span
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
+class IndexedBatches:
+    """An iterator whose batch i is a pure function of (seed, i), so its state is i alone
+    (synthetic batches, random windows). A subclass's `__next__` makes batch `self.index`
+    and advances it."""
+
+    index: int = 0
+
+    def __iter__(self):
+        return self
+
+    def get_state(self) -> dict[str, int]:
+        return {"index": self.index}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.index = int(state["index"])
+
+
 def batch_spec(cfg, rows: int) -> Spec:
     """{key: (shape, dtype)} of a batch of `rows` rows of `cfg.objective` (ints are int32:
     what JAX sees)."""

@@ -29,14 +29,11 @@ class NullTokenizer(Tokenizer):
         return " ".join(str(int(i)) for i in ids)
 
 
-class SyntheticBatches:
+class SyntheticBatches(specs.IndexedBatches):
     def __init__(self, cfg, vocab_size: int, *, batch_size: int, seed: int, num_epochs):
         self.spec = specs.batch_spec(cfg, batch_size)
         self.vocab_size, self.seed, self.index = vocab_size, seed, 0
         self.limit = 8 if num_epochs else None  # a whole "split": a few batches
-
-    def __iter__(self):
-        return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         if self.limit is not None and self.index >= self.limit:
@@ -49,18 +46,18 @@ class SyntheticBatches:
                 batch[key] = rng.integers(6, self.vocab_size, shape).astype(dtype)
             elif key in ("labels", "nsp_labels"):
                 batch[key] = rng.integers(0, 2, shape).astype(dtype)
-            elif key in ("segment_ids", "input_mask", "weights", "example_weights"):
+            elif key in ("segment_ids", "input_mask", "weights", "example_weights",
+                         "mlm_weights"):  # every MLM slot real: the MLM loss is timed too
                 batch[key] = np.ones(shape, dtype)
+            elif key == "mlm_positions":  # distinct positions of each row, in order
+                rows, slots = shape
+                length = self.spec["inputs"][0][-1]
+                picks = rng.permuted(np.tile(np.arange(length), (rows, 1)), axis=1)[:, :slots]
+                batch[key] = np.sort(picks, axis=1).astype(dtype)
             else:  # positions, token types, idx
                 batch[key] = np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy() \
                     if key == "positions" else np.zeros(shape, dtype)
         return batch
-
-    def get_state(self) -> dict[str, int]:
-        return {"index": self.index}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self.index = int(state["index"])
 
 
 def make_iterator(cfg, tokenizer: Tokenizer, *, split: str, batch_size: int, seed: int,

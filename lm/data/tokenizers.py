@@ -337,6 +337,29 @@ def save_chars(docs: Sequence[str], path: str) -> CharTokenizer:
 # ------------------------------------------------------------------------------- load
 
 
+def _read_chars(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        chars = json.load(f)["chars"]
+    if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+        raise ValueError('"chars" is not a list of strings')
+    return chars
+
+
+def _from_file(path: str, what: str, load) -> Tokenizer:
+    """`load()`, with a missing or unreadable file named in one line (data.tokenizer.path)."""
+    if not os.path.exists(os.path.expanduser(path)):
+        raise MissingFileError(f"data.tokenizer.path={path!r}: no such file (a {what})")
+    try:
+        return load()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any failure to read it: the file is not one)
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        if isinstance(e, KeyError):
+            reason = f"no key {e}"
+        raise UserError(f"data.tokenizer.path={path!r} is not a {what}: {reason}") from None
+
+
 def make_tokenizer(data_cfg) -> Tokenizer:
     """The tokenizer data_cfg.tokenizer describes: kind 'sentencepiece' (a .model; T5's
     spiece.model gets its sentinels), 'char', or 'hf' (a Hugging Face tokenizer.json or its
@@ -347,16 +370,18 @@ def make_tokenizer(data_cfg) -> Tokenizer:
         if not cfg.path:
             raise UserError("data.tokenizer.path is empty: point it at a sentencepiece .model "
                              "(train one with `python -m lm tokenizer train ...`)")
-        return SentencePieceTokenizer(cfg.path, multiple)
+        return _from_file(cfg.path, "sentencepiece model (.model)",
+                          lambda: SentencePieceTokenizer(cfg.path, multiple))
     if kind in ("hf", "wordpiece"):
         if not cfg.path:
             raise UserError(f"data.tokenizer.path is empty: kind={kind!r} needs a Hugging Face "
                              "tokenizer.json (or the checkpoint directory holding it)")
-        return HFTokenizer(cfg.path, multiple)
+        return _from_file(cfg.path, "Hugging Face tokenizer.json (or its directory)",
+                          lambda: HFTokenizer(cfg.path, multiple))
     if kind == "char":
         if cfg.path:
-            with open(cfg.path) as f:
-                return CharTokenizer(json.load(f)["chars"], multiple)
+            return _from_file(cfg.path, 'char vocabulary (JSON {"chars": [...]})',
+                              lambda: CharTokenizer(_read_chars(cfg.path), multiple))
         from lm.data.sources import text_source  # the vocabulary is the text's characters
 
         return CharTokenizer(chars_of(text_source(data_cfg, cfg.vocab_split)), multiple)

@@ -1,4 +1,4 @@
-"""Task metrics (numpy only): GLUE's, accumulated exactly over a whole evaluation split.
+"""Task metrics: GLUE's, accumulated exactly over a whole evaluation split.
 
 Which metrics a task reports, and its main one, are in `lm.data.glue`.
 
@@ -66,30 +66,25 @@ def matthews_from_confusion(confusion_CxC: np.ndarray) -> float:
     return _ratio(cov_ytyp, np.sqrt(cov_ytyt * cov_ypyp))
 
 
-def rankdata(x_N: np.ndarray) -> np.ndarray:
-    """Ranks 1..N, ties get their average rank (scipy.stats.rankdata's 'average')."""
-    x_N = np.asarray(x_N)
-    order_N = np.argsort(x_N, kind="stable")
-    sorted_N = x_N[order_N]
-    # Start index of each run of equal values; a tie group's ranks average to (first+last)/2.
-    new_group_N = np.concatenate([[True], sorted_N[1:] != sorted_N[:-1]])
-    group_N = np.cumsum(new_group_N) - 1
-    starts_G = np.flatnonzero(new_group_N)
-    ends_G = np.append(starts_G[1:], len(x_N))
-    avg_rank_G = (starts_G + 1 + ends_G) / 2.0  # mean of ranks start+1 .. end
-    ranks_N = np.empty(len(x_N), np.float64)
-    ranks_N[order_N] = avg_rank_G[group_N]
-    return ranks_N
+def _undefined(x_N: np.ndarray, y_N: np.ndarray) -> bool:
+    """Fewer than two points or a constant side: no correlation (scored 0, as MCC and F1 are;
+    scipy would warn and return NaN)."""
+    return len(x_N) < 2 or np.ptp(x_N) == 0 or np.ptp(y_N) == 0
 
 
 def pearson(x_N, y_N) -> float:
-    x_N = np.asarray(x_N, np.float64) - np.mean(x_N, dtype=np.float64)
-    y_N = np.asarray(y_N, np.float64) - np.mean(y_N, dtype=np.float64)
-    return _ratio(x_N @ y_N, np.sqrt((x_N @ x_N) * (y_N @ y_N)))
+    import scipy.stats  # here, not at the top: it imports much of scipy, and only STS-B needs it
+
+    x_N, y_N = np.asarray(x_N, np.float64), np.asarray(y_N, np.float64)
+    return 0.0 if _undefined(x_N, y_N) else float(scipy.stats.pearsonr(x_N, y_N).statistic)
 
 
 def spearman(x_N, y_N) -> float:
-    return pearson(rankdata(x_N), rankdata(y_N))
+    """Ties share their average rank (STS-B's gold scores come in steps of 0.2)."""
+    import scipy.stats
+
+    x_N, y_N = np.asarray(x_N, np.float64), np.asarray(y_N, np.float64)
+    return 0.0 if _undefined(x_N, y_N) else float(scipy.stats.spearmanr(x_N, y_N).statistic)
 
 
 _FROM_CONFUSION = {

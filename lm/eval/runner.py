@@ -14,10 +14,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lm.data import glue
 from lm.errors import UserError
 from lm.eval import decoding
 from lm.eval import metrics as task_metrics
-from lm.train import objectives, sharding
+from lm.train import objectives, sharding, step
 
 
 def evaluator(setup, eval_step, *, split: str, steps: int, batch_size: int
@@ -37,6 +38,42 @@ def evaluator(setup, eval_step, *, split: str, steps: int, batch_size: int
             decoder=decoder, text_metrics=decoder and task_metrics.text_metrics(data_cfg.task))
 
     return evaluate
+
+
+def check_split(setup, key: str, split: str, batch_size: int) -> dict | None:
+    """Reads the first batch of `split` (config key `key`, e.g. the eval split at start-up):
+    an unknown, unparsable or empty split fails here, before the run writes anything."""
+    try:
+        iterator = setup.make_iter(split=split, batch_size=batch_size,
+                                   seed=setup.config.train.seed + 1, shuffle=False, num_epochs=1)
+        first = next(iter(iterator), None)
+    except UserError as e:
+        raise UserError(f"{key}={split!r}: {e}") from None
+    # With several hosts one host's share may be empty; the whole-split eval copes with that.
+    if first is None and jax.process_count() == 1:
+        raise UserError(f"{key}={split!r} holds no examples (a batch needs {batch_size} rows):"
+                        " choose another split or a smaller batch")
+    return first
+
+
+def metric_names(setup, params, batch: dict) -> set[str]:
+    """The `eval/<metric>` names this run's evaluations report (traced, not run), so that
+    train.best_metric is checked at start-up. `batch`: an eval batch (shapes only)."""
+    objective, data_cfg = setup.objective, setup.config.data
+
+    def summary(params, batch):
+        sums, _ = step.eval_step(params, batch, model=setup.model, objective=objective)
+        return objectives.summarize(objective, sums)
+
+    names = set(jax.eval_shape(summary, params, batch))
+    accumulator = objective.host_metrics and objective.host_metrics(data_cfg)
+    if accumulator is not None:
+        names |= set(accumulator.spec.metrics)
+    if objective.decodes:
+        task = data_cfg.task
+        names |= {*(glue.get(task).metrics if task else ("bleu", "rouge1", "rouge2", "rougeL")),
+                  "exact_match"}
+    return {f"eval/{name}" for name in names}
 
 
 def run_eval(eval_step, params, batches, *, objective: objectives.Objective, mesh,

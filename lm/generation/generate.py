@@ -19,8 +19,8 @@ times the work of a cached step. `use_cache=False` recomputes a window for every
 (the reference the cache is tested against, and the speed baseline).
 
 Decoding runs the layers unrolled (scanned params are unstacked inside the jitted function):
-on CPU a scan over layers copies the whole cache at every step, which made decoding of the
-Shakespeare GPT 3x slower.
+on CPU a scan over layers copies the whole cache at every step, where unrolled layers update
+it in place.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Sampling:
 
     def __post_init__(self):
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1: {self}")
+            raise UserError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1: {self}")
 
 
 def filter_logits(logits_BxV: jax.Array, sampling: Sampling) -> jax.Array:
@@ -73,7 +73,7 @@ def filter_logits(logits_BxV: jax.Array, sampling: Sampling) -> jax.Array:
     return logits_BxV
 
 
-def pick(logits_BxV: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
+def pick_tokens(logits_BxV: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
     """The next token of each row: argmax, or a sample of the filtered distribution."""
     if sampling.temperature == 0.0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
@@ -197,7 +197,7 @@ def _generate(
 
     def emit(t, buffer_BxL, done_B, logits_BxV):
         """Chooses the token of column t; rows already finished get pad_id."""
-        token_B = pick(logits_BxV, jax.random.fold_in(rng, t), sampling)
+        token_B = pick_tokens(logits_BxV, jax.random.fold_in(rng, t), sampling)
         token_B = jnp.where(done_B, pad_id, token_B)
         buffer_BxL = jax.lax.dynamic_update_slice(buffer_BxL, token_B[:, None], (0, t))
         if eos_id is not None:

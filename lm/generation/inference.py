@@ -3,6 +3,9 @@
     model, params, tokenizer = load_hf("gpt2_dir")      # GPT-2, T5 or BERT checkpoint dir
     sample_text(model, params, tokenizer, ["ROMEO:"], max_new_tokens=100, top_k=50)
     fill_mask(model, params, tokenizer, "The capital of France is [MASK].")
+    classify(model, params, tokenizer, ["Great!"], labels=hf_labels("bert_classifier_dir"))
+
+Errors in the arguments name the command-line flags (`--temperature`...) that carry them.
 """
 
 from __future__ import annotations
@@ -21,14 +24,49 @@ from lm.generation.generate import generate
 
 def load_hf(directory: str | pathlib.Path, **model_overrides: Any
             ) -> tuple[nn.Module, dict, Tokenizer]:
-    """`(model, params, tokenizer)` of a Hugging Face checkpoint directory (GPT-2, T5, BERT).
+    """`(model, params, tokenizer)` of a Hugging Face checkpoint directory (GPT-2, T5, BERT)
+    or of one `python -m lm convert` wrote (lm's config.json + params.safetensors).
 
     `model_overrides` set ModelConfig fields the checkpoint does not fix (dtype...).
     """
-    from lm.convert import from_hf  # noqa: PLC0415  (reads safetensors only when used)
+    from lm import convert  # noqa: PLC0415  (reads safetensors only when used)
 
-    model, params = from_hf(directory, **model_overrides)
+    read = convert.load_converted if convert.is_converted(directory) else convert.from_hf
+    model, params = read(directory, **model_overrides)
     return model, params, hf_tokenizer(str(directory))
+
+
+def hf_labels(directory: str | pathlib.Path) -> list[str]:
+    """The class names of an HF classifier directory (its config.json's id2label, in id
+    order; HF's LABEL_i when it has none), or of one `lm convert` wrote from it."""
+    from lm import convert  # noqa: PLC0415
+
+    hf = convert.hf_config(directory)
+    id2label = {int(k): v for k, v in (hf.get("id2label") or {}).items()}
+    n = len(id2label) or hf.get("num_labels", 2)
+    return [id2label.get(i, f"LABEL_{i}") for i in range(n)]
+
+
+def check_sampling(*, max_new_tokens: int, temperature: float | None, top_k: int,
+                   top_p: float, num_samples: int = 1) -> None:
+    """One clear error, naming the `sample` command's flag, for an argument out of range."""
+    problems = {
+        "--max_new_tokens": (max_new_tokens, max_new_tokens < 1, "must be >= 1"),
+        "--temperature": (temperature, temperature is not None and temperature < 0,
+                          "must be >= 0 (0 = greedy)"),
+        "--top_k": (top_k, top_k < 0, "must be >= 0 (0 = off)"),
+        "--top_p": (top_p, not 0 < top_p <= 1, "must be in (0, 1] (1 = off)"),
+        "--num_samples": (num_samples, num_samples < 1, "must be >= 1"),
+    }
+    for flag, (value, bad, rule) in problems.items():
+        if bad:
+            raise UserError(f"{flag} {value}: {rule}")
+
+
+def natural_temperature(model: nn.Module) -> float:
+    """What `temperature=None` means: greedy (0) for an encoder-decoder (T5), as
+    transformers' `generate` decodes by default; 1.0 (sampling) for a GPT."""
+    return 0.0 if model.cfg.family == "t5" else 1.0
 
 
 def sample_text(
@@ -38,7 +76,7 @@ def sample_text(
     prompts: list[str],
     *,
     max_new_tokens: int = 256,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     top_k: int = 0,
     top_p: float = 1.0,
     num_samples: int = 1,
@@ -49,8 +87,13 @@ def sample_text(
     GPT: the prompt followed by its continuation (an empty prompt starts from eos, as
     GPT-2's <|endoftext|>). T5: the decoder's text, the prompt being the encoder input.
     Each text stops at the tokenizer's end-of-sequence or after `max_new_tokens` tokens;
-    temperature 0 is greedy. All prompts and samples run as one batch.
+    temperature 0 is greedy, None the model's natural default (`natural_temperature`).
+    All prompts and samples run as one batch.
     """
+    check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                   top_p=top_p, num_samples=num_samples)
+    if temperature is None:
+        temperature = natural_temperature(model)
     texts = [p for p in prompts for _ in range(num_samples)]
     encoded = [tokenizer.encode(text) for text in texts]
     ids = [_model_input(model, tokenizer, row) for row in encoded]
@@ -143,14 +186,56 @@ def classify_texts(run, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
     examples = [classification.classification_example(
         {"texts": tuple(t.split("\t")), "label": 0, "idx": i}, run.tokenizer,
         run.config.data.seq_len, task.num_labels) for i, t in enumerate(texts)]
+    return _classified(run.model, run.params, examples, list(task.words or task.labels or []))
+
+
+def classify(model: nn.Module, params: Any, tokenizer: Tokenizer, texts: list[str], *,
+             labels: list[str]) -> list[tuple[str, dict[str, float]]]:
+    """(label, {label: probability}) of each text (a tab separates a pair; a score for
+    regression) from a Hugging Face classifier (BertForSequenceClassification,
+    GPT2ForSequenceClassification), encoded as its tokenizer does: BERT `[CLS] a [SEP] b
+    [SEP]`, GPT-2 the tokens alone, read at the last one."""
+    if not model.cfg.num_labels:
+        raise UserError(f"classify needs a classifier (a ...ForSequenceClassification "
+                        f"directory); this {model.cfg.family} has no classification head")
+    seq_len = model.cfg.max_len
+    if tokenizer.cls_id is not None and tokenizer.sep_id is not None:
+        from lm.data import classification
+
+        examples = [classification.classification_example(
+            {"texts": tuple(t.split("\t")), "label": 0, "idx": i}, tokenizer, seq_len,
+            model.cfg.num_labels) for i, t in enumerate(texts)]
+    else:
+        examples = [_plain_example([i for part in t.split("\t") for i in tokenizer.encode(part)],
+                                   tokenizer, seq_len) for t in texts]
+    return _classified(model, params, examples, labels)
+
+
+def _plain_example(ids: list[int], tokenizer: Tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+    """The tokens alone, right-padded (GPT-2's tokenizer adds no symbol around a text)."""
+    ids = ids[:seq_len]
+    pad = seq_len - len(ids)
+    pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+    return {"inputs": np.asarray(ids + [pad_id] * pad, np.int32),
+            "token_type_ids": np.zeros(seq_len, np.int32),
+            "input_mask": np.asarray([1] * len(ids) + [0] * pad, np.int32)}
+
+
+def _classified(model: nn.Module, params: Any, examples: list[dict], labels: list[str]
+                ) -> list[tuple[str, dict[str, float]]]:
+    """Runs the classifier on encoded examples: (label, {label: probability}) of each."""
+    from lm.train import objectives
+
     batch = {k: np.stack([e[k] for e in examples]) for k in ("inputs", "token_type_ids",
                                                              "input_mask")}
-    args, kwargs = run.setup.objective.inputs(batch)  # each family takes its own inputs
-    logits = np.asarray(jax.jit(run.model.apply)({"params": run.params}, *args, **kwargs)
-                        ["logits"], np.float64)
-    if task.num_labels == 1:
+    # each family takes its own inputs
+    args, kwargs = objectives.get("classification", model.cfg).inputs(batch)
+    logits = np.asarray(jax.jit(model.apply)({"params": params}, *args, **kwargs)["logits"],
+                        np.float64)
+    if logits.shape[-1] == 1:
         return [(f"{row[0]:.3f}", {"score": float(row[0])}) for row in logits]
-    names = task.words or task.labels
+    if len(labels) != logits.shape[-1]:
+        labels = [f"LABEL_{i}" for i in range(logits.shape[-1])]
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    return [(names[int(p.argmax())], dict(zip(names, map(float, p)))) for p in probs]
+    return [(labels[int(p.argmax())], dict(zip(labels, map(float, p)))) for p in probs]

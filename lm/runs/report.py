@@ -397,5 +397,5 @@ def write_report(rows: Sequence[Mapping[str, Any]], study: Study | Mapping[str, 
     try:
         plot(cells, study, out / "results.png", scale)
     except ImportError:
-        log("matplotlib is not installed: results.png skipped")
+        log("matplotlib is not installed: pip install 'lm[plot]' for results.png")
     return table

@@ -12,11 +12,20 @@ its `DONE` marker exists (written after `train` returns); running the sweep agai
 finished points and resumes the others from their checkpoints. At the end it writes
 `DIR/results.csv`, `DIR/results.md` and `DIR/results.png` and prints the best point per task.
 A point stopped by SIGTERM stops the sweep with exit status 75, like `lm train`.
+
+With `Sweep(..., seeds=(0, 1, 2))` every point runs once per seed (`train.seed`, in
+`DIR/<point>,seed=<s>/`); `results.csv`/`.md` then hold one row per point, mean ± std (ddof=1)
+of the ranking metric over its finished seeds with n and the rank by the mean, and
+`runs.csv` one row per run. Override values of any type (numbers, strings, tuples) are
+tabulated and plotted (non-numeric ones as categories).
+
+The ranking metric compares points only when they are measured on the same inputs: e.g. the
+masked-LM loss of an MLM+NSP point (sentence pairs) and of an MLM-only point (contiguous
+text) are not, so a pretraining ablation is compared downstream (`lm study`).
 """
 
 import csv
 import json
-import math
 import pathlib
 import re
 import shlex
@@ -26,7 +35,7 @@ from typing import Any
 
 from lm import config as config_lib
 from lm.errors import MissingFileError, UserError
-from lm.train.writer import read_records
+from lm.train.writer import is_finite, jsonable, read_records
 
 Point = dict[str, Any]
 
@@ -73,6 +82,15 @@ def point_names(points: Sequence[Point]) -> list[str]:
 # ---------------------------------------------------------------- config plumbing
 
 
+def expand(sweep: config_lib.Sweep) -> list[tuple[Point, str]]:
+    """(run overrides, the point's name) for every run: each point × each of `seeds`."""
+    groups = point_names(sweep.points)
+    if not sweep.seeds:
+        return [(dict(p), g) for p, g in zip(sweep.points, groups)]
+    return [({**p, "train.seed": seed}, g) for p, g in zip(sweep.points, groups)
+            for seed in sweep.seeds]
+
+
 def point_overrides(sweep: config_lib.Sweep, cli_flags: Sequence[str], point: Point
                     ) -> list[str]:
     """The `--config.` flags of one point: the sweep's metric, the command line's, the point's."""
@@ -95,13 +113,9 @@ def task_of(config, spec: str) -> str:
 # ---------------------------------------------------------------- running
 
 
-def _jsonable(x: Any) -> Any:
-    return float(x) if hasattr(x, "__float__") else str(x)  # numpy / jax scalars -> float
-
-
 def _write_json(path: pathlib.Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable))
+    tmp.write_text(json.dumps(jsonable(obj), indent=1))
     tmp.replace(path)  # atomic: a killed run never leaves half a marker
 
 
@@ -110,20 +124,23 @@ def run_points(spec: str, workdir: str, cli_overrides: Sequence[str] = (),
     """Runs every unfinished point in order; returns the names of the points it ran, or None
     when a point was stopped early (SIGTERM/SIGINT: its checkpoint is saved)."""
     sweep = config_lib.load_sweep(spec)
-    names = point_names(sweep.points)
+    runs = expand(sweep)
+    points = [point for point, _ in runs]
+    names = point_names(points)
     root = pathlib.Path(workdir)
     # Build every point's config first: a bad override fails before anything runs.
-    flags = [point_overrides(sweep, cli_overrides, point) for point in sweep.points]
+    flags = [point_overrides(sweep, cli_overrides, point) for point in points]
     configs = [point_config(spec, f) for f in flags]
     root.mkdir(parents=True, exist_ok=True)
     _write_json(root / SWEEP_FILE, {"config": spec, "overrides": list(cli_overrides),
                                     "metric": sweep.metric, "mode": sweep.mode,
-                                    "points": [{"name": n, "overrides": p}
-                                               for n, p in zip(names, sweep.points)]})
+                                    "seeds": list(sweep.seeds),
+                                    "points": [{"name": n, "overrides": p, "group": g}
+                                               for n, (p, g) in zip(names, runs)]})
     if train_fn is None:
         from lm.train.loop import train as train_fn
     ran = []
-    for i, (name, point, config) in enumerate(zip(names, sweep.points, configs)):
+    for i, (name, point, config) in enumerate(zip(names, points, configs)):
         point_dir = root / name
         if (point_dir / DONE).exists():
             log(f"[{i + 1}/{len(names)}] {name}: done, skipped")
@@ -156,10 +173,11 @@ def commands(spec: str, workdir: str, cli_overrides: Sequence[str] = ()) -> list
     """One `python -m lm train` command line per point, for a cluster scheduler."""
     sweep = config_lib.load_sweep(spec)
     root = pathlib.Path(workdir)
+    points = [point for point, _ in expand(sweep)]
     return [shlex.join(["python", "-m", "lm", "train", "--config", spec,
                         "--workdir", str(root / name),
                         *point_overrides(sweep, cli_overrides, point)])
-            for name, point in zip(point_names(sweep.points), sweep.points)]
+            for name, point in zip(point_names(points), points)]
 
 
 # ---------------------------------------------------------------- collecting results
@@ -203,10 +221,6 @@ def _best_checkpoint(point_dir: pathlib.Path, metric: str, mode: str) -> int | N
     return step
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 def collect(workdir: str) -> list[dict[str, Any]]:
     """One row per point of the sweep recorded in `workdir` (overrides + summary)."""
     root = pathlib.Path(workdir)
@@ -214,7 +228,36 @@ def collect(workdir: str) -> list[dict[str, Any]]:
         raise MissingFileError(f"{root / SWEEP_FILE} not found: is {workdir} a sweep dir?")
     sweep = json.loads((root / SWEEP_FILE).read_text())
     return [{"point": p["name"], **p["overrides"], **summarize_point(root / p["name"]),
-             "_swept": list(p["overrides"])} for p in sweep["points"]]
+             "_swept": list(p["overrides"]), "_group": p.get("group", p["name"])}
+            for p in sweep["points"]]
+
+
+def aggregate(rows: Sequence[dict]) -> list[dict[str, Any]]:
+    """One row per point (its runs over seeds): mean ± std (ddof=1) and n of the finished
+    runs' `best/<metric>`, and the point's rank by the mean (1 = best; none without runs)."""
+    import numpy as np
+
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["_group"], []).append(row)
+    out = []
+    for name, runs in groups.items():
+        metric, mode = runs[0]["metric"], runs[0]["mode"]
+        values = [r[f"best/{metric}"] for r in runs if is_finite(r.get(f"best/{metric}"))]
+        overrides = {k: runs[0][k] for k in runs[0]["_swept"] if k != "train.seed"}
+        out.append({"point": name, **overrides, "task": runs[0]["task"], "metric": metric,
+                    "mode": mode, "n": len(values), "runs": len(runs),
+                    "mean": float(np.mean(values)) if values else None,
+                    "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                    "seeds": [r.get("train.seed") for r in runs
+                              if is_finite(r.get(f"best/{metric}"))],
+                    "_swept": list(overrides)})
+    for task in dict.fromkeys(row["task"] for row in out):
+        ranked = [r for r in out if r["task"] == task and r["mean"] is not None]
+        ranked.sort(key=lambda r: r["mean"] if r["mode"] == "min" else -r["mean"])
+        for i, r in enumerate(ranked):
+            r["rank"] = i + 1
+    return out
 
 
 def best_per_task(rows: Sequence[dict]) -> dict[str, dict]:
@@ -222,7 +265,7 @@ def best_per_task(rows: Sequence[dict]) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for row in rows:
         value = row.get(f"best/{row['metric']}")
-        if not _finite(value):
+        if not is_finite(value):
             continue
         sign = -1 if row["mode"] == "min" else 1
         old = best.get(row["task"])
@@ -235,23 +278,31 @@ def _columns(rows: Sequence[dict]) -> list[str]:
     return list(dict.fromkeys(k for row in rows for k in row if not k.startswith("_")))
 
 
-def write_tables(rows: Sequence[dict], workdir: str) -> None:
-    """DIR/results.csv and DIR/results.md, one row per point."""
+def _text(value: Any) -> Any:
+    """A table cell: sequences as their flag text '(mlm,nsp)', everything else as is."""
+    return config_lib.flag_value(value) if isinstance(value, (list, tuple)) else value
+
+
+def write_tables(rows: Sequence[dict], workdir: str, name: str = "results") -> None:
+    """DIR/<name>.csv and DIR/<name>.md, one row per row (point, or run)."""
     root, columns = pathlib.Path(workdir), _columns(rows)
-    with open(root / "results.csv", "w", newline="") as f:
+    with open(root / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
-    cell = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+        writer.writerows({k: _text(v) for k, v in row.items()} for row in rows)
+    cell = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(_text(v)))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    (root / "results.md").write_text("\n".join(lines) + "\n")
+    (root / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def plot(rows: Sequence[dict], path: pathlib.Path) -> None:
     """Top: the ranking metric against each swept value. Bottom: every point's curves."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: pip install 'lm[plot]' for results.png")
+        return
     matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
 
@@ -266,7 +317,7 @@ def plot(rows: Sequence[dict], path: pathlib.Path) -> None:
     for ax, (key, title) in zip(axes[1], ((metric, f"{metric} (eval)"),
                                           ("train/loss", "train/loss"))):
         for row in rows:
-            curve = [(h["step"], h[key]) for h in row["_history"] if _finite(h.get(key))]
+            curve = [(h["step"], h[key]) for h in row["_history"] if is_finite(h.get(key))]
             if curve:
                 ax.plot(*zip(*curve), marker="." if key == metric else None,
                         label=row["point"], lw=1)
@@ -282,27 +333,38 @@ def plot(rows: Sequence[dict], path: pathlib.Path) -> None:
 
 def _plot_against(ax, rows: Sequence[dict], key: str, metric: str) -> None:
     """Scatter of `metric` against the swept `key` (categorical when not numeric)."""
-    pairs = [(row[key], row.get(metric)) for row in rows if _finite(row.get(metric))]
-    values = list(dict.fromkeys(row[key] for row in rows))
+    pairs = [(row.get(key), row.get(metric)) for row in rows if is_finite(row.get(metric))]
+    values = [row.get(key) for row in rows]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    x = [v if numeric else values.index(v) for v, _ in pairs]
+    # Categories by their text: lists (a tuple after JSON) and None are not hashable/sortable.
+    labels = list(dict.fromkeys(str(_text(v)) for v in values))
+    x = [v if numeric else labels.index(str(_text(v))) for v, _ in pairs]
     ax.scatter(x, [m for _, m in pairs])
     if numeric and values and min(values) > 0 and max(values) / min(values) >= 10:
         ax.set_xscale("log")
     if not numeric:
-        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xticks(range(len(labels)), labels)
     ax.set(xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
 
 
 def summarize(workdir: str, log=print) -> list[dict]:
     """Rebuilds the tables and the plot from what is on disk; prints the best point per task."""
     rows = collect(workdir)
-    write_tables(rows, workdir)
     plot(rows, pathlib.Path(workdir) / "results.png")
-    for task, row in best_per_task(rows).items():
-        metric = row["metric"]
-        log(f"best {task}: {row['point']}  {metric}={row[f'best/{metric}']:.4f} "
-            f"(step {row['best_step']})")
+    if any(row["_group"] != row["point"] for row in rows):  # seeds: a row per point
+        write_tables(rows, workdir, name="runs")
+        points = aggregate(rows)
+        write_tables(points, workdir)
+        for row in sorted((r for r in points if r.get("rank") == 1), key=lambda r: r["task"]):
+            std = "" if row["std"] is None else f" ± {row['std']:.4f}"
+            log(f"best {row['task']}: {row['point']}  {row['metric']}={row['mean']:.4f}{std} "
+                f"(n={row['n']})")
+    else:
+        write_tables(rows, workdir)
+        for task, row in best_per_task(rows).items():
+            metric = row["metric"]
+            log(f"best {task}: {row['point']}  {metric}={row[f'best/{metric}']:.4f} "
+                f"(step {row['best_step']})")
     missing = [row["point"] for row in rows if row["status"] != "done"]
     if missing:
         log(f"{len(missing)} point(s) not finished: {', '.join(missing)}")

@@ -9,14 +9,38 @@ import numpy as np
 
 from lm.errors import UserError
 
+RATES = ("train/steps_per_s", "train/tokens_per_s", "train/tflops_per_s", "train/mfu")
 
-def summarize(records: list[dict]) -> dict[str, float]:
-    """Mean throughput over every logged window except the first (compilation)."""
-    windows = [r for r in records if "train/steps_per_s" in r][1:]
-    if not windows:
+
+def timed_windows(records: list[dict]) -> list[tuple[float, dict]]:
+    """(seconds, record) of each logged window of a metrics.jsonl: a window's steps are those
+    since the previous rated record (the run's first step only starts the clock), its seconds
+    those steps over its rate. Eval records carry no rate."""
+    rated = [r for r in records if r.get("train/steps_per_s")]
+    steps = [r["step"] - prev["step"] for prev, r in zip([{"step": 1}, *rated], rated)]
+    return [(n / r["train/steps_per_s"], r) for n, r in zip(steps, rated)]
+
+
+def summarize(records: list[dict], *, skip_windows: int = 1) -> dict[str, float]:
+    """Throughput over the logged windows past the first `skip_windows` (the first holds
+    compilation): each rate is the windows' total over their total time (so ms_per_step is
+    their seconds over their steps, however long each window is)."""
+    timed = timed_windows(records)[skip_windows:]
+    if not timed:
         raise UserError("too few logged steps to measure: raise --steps")
-    keys = ("train/steps_per_s", "train/tokens_per_s", "train/tflops_per_s", "train/mfu")
-    return {k: float(np.mean([r[k] for r in windows])) for k in keys if k in windows[0]}
+    seconds = sum(t for t, _ in timed)
+    out = {k: sum(t * r[k] for t, r in timed) / seconds
+           for k in RATES if all(r.get(k) is not None for _, r in timed)}
+    return {**out, "ms_per_step": 1e3 / out["train/steps_per_s"]}
+
+
+def median_ms_per_step(records: list[dict], *, skip_windows: int = 10) -> float:
+    """The median of the windows' ms/step past the first `skip_windows`; with log_every=1,
+    the median step time. Not `summarize`'s mean because nanoGPT's runner reports this
+    statistic (scripts/compare_nanogpt.py compares like with like): a median leaves out the
+    few slow steps around evals that a mean counts."""
+    timed = timed_windows(records)[skip_windows:]
+    return float(np.median([1e3 / r["train/steps_per_s"] for _, r in timed]))
 
 
 def report(spec: str, config, summary: dict[str, float], result: dict[str, float]) -> dict:
@@ -29,7 +53,6 @@ def report(spec: str, config, summary: dict[str, float], result: dict[str, float
     peak, source = mfu.peak_flops_and_source(device, config.model.get("dtype", "float32"))
     stats = device.memory_stats() or {}
     memory = stats.get("peak_bytes_in_use")
-    steps_per_s = summary["train/steps_per_s"]
     return {
         "config": spec, "device": device.device_kind, "devices": jax.device_count(),
         "batch_size": config.train.batch_size, "seq_len": config.data.seq_len,
@@ -37,12 +60,12 @@ def report(spec: str, config, summary: dict[str, float], result: dict[str, float
         "remat_policy": config.model.remat_policy,
         "grad_accum_steps": config.train.grad_accum_steps,
         "parallel_micro_batches": config.train.parallel_micro_batches,
-        "ms_per_step": 1000 / steps_per_s, "steps_per_s": steps_per_s,
+        "ms_per_step": summary["ms_per_step"], "steps_per_s": summary["train/steps_per_s"],
         "tokens_per_s": summary.get("train/tokens_per_s"),
         "tflops_per_s": summary.get("train/tflops_per_s"), "mfu": summary.get("train/mfu"),
         "peak_flops": peak, "peak_flops_source": source,
         "compile_s": result.get("train/first_step_s"),
-        "peak_memory_gb": memory / 2**30 if memory else None,
+        "peak_memory_gb": memory / 1e9 if memory else None,
     }
 
 

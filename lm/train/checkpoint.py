@@ -18,14 +18,16 @@ save are written with it, so the best checkpoint survives restarts.
 import contextlib
 import dataclasses
 import json
-import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
@@ -33,6 +35,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers
 
 from lm.errors import MissingFileError, UserError
+from lm.train import workdir as workdir_lib
+from lm.train.writer import is_finite, jsonable
+from lm.units import format_bytes
 
 
 class ProcessJsonHandler(ocp.CheckpointHandler):
@@ -171,7 +176,7 @@ class Checkpointer:
             workdir = os.path.abspath(workdir)
         self.directory = epath.Path(workdir) / "checkpoints"
         self.every, self.best_metric = every, best_metric
-        self.config = json.loads(json.dumps(dict(config or {}), default=_jsonable))
+        self.config = jsonable(dict(config or {}))
         metric_fn = (lambda m: m[best_metric]) if best_metric else None
         policies = [checkpoint_managers.LatestN(keep)]
         if best_metric:
@@ -179,6 +184,7 @@ class Checkpointer:
             policies.append(checkpoint_managers.BestN(
                 get_metric_fn=metric_fn, reverse=best_mode == "min", n=1,
                 keep_checkpoints_without_metrics=False))
+        self._set_aside_unreadable_metrics(read_only)
         with _quiet_orbax():
             options = ocp.CheckpointManagerOptions(
                 preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
@@ -190,7 +196,8 @@ class Checkpointer:
                 read_only=read_only, create=not read_only,
             )
             handlers = dict(state=ocp.StandardCheckpointHandler(), data=ProcessJsonHandler(),
-                            config=ocp.JsonCheckpointHandler())  # known up front: item_metadata
+                            config=ocp.JsonCheckpointHandler(),  # known up front: item_metadata
+                            checksums=ocp.JsonCheckpointHandler())
             self._manager = ocp.CheckpointManager(self.directory, options=options,
                                                   item_handlers=handlers)
 
@@ -214,6 +221,8 @@ class Checkpointer:
         """Starts an async save when `step` is a multiple of `every` (or `force`); True if so.
 
         Returns after the device→host copy, so the caller may donate `state` right away.
+        A state holding NaN/Inf is never saved (NonFiniteState, a FloatingPointError); each
+        array's checksum is saved with it, and verified by `restore`.
         A save that cannot complete (no space, no permission) raises UserError saying where.
         """
         if not force and (not self.every or step % self.every):
@@ -222,14 +231,19 @@ class Checkpointer:
             return False  # e.g. the final save at a step that the periodic save already wrote
         if metrics is not None and self.best_metric:
             value = metrics.get(self.best_metric)
-            metrics = {self.best_metric: float(value)} if _finite(value) else None
+            metrics = {self.best_metric: float(value)} if is_finite(value) else None
         else:
             metrics = None
+        sums, finite = checksums(state)  # of the arrays as saved: verified on restore
+        if not finite:
+            raise NonFiniteState(f"the parameters or optimizer state of step {step} hold "
+                                 "NaN/Inf: not saved")
         self._check_space(state)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ProcessJsonSave(data_state),
             config=ocp.args.JsonSave(self.config),
+            checksums=ocp.args.JsonSave({"arrays": sums}),
         )
         try:
             with _quiet_orbax():
@@ -248,17 +262,18 @@ class Checkpointer:
         if free < needed:
             raise UserError(
                 f"not enough disk space to save a checkpoint in {self.directory}: it needs "
-                f"about {_size(needed)}, {_size(free)} is free. Free space (or move the workdir),"
-                " then rerun the same command: training resumes from the last checkpoint "
-                f"(step {self.latest_step()})")
+                f"about {format_bytes(needed)}, {format_bytes(free)} is free. Free space (or "
+                "move the workdir), then rerun the same command: "
+                f"{workdir_lib.resume_note(self.directory.parent)}")
 
     def _save_error(self, step: int, error: Exception) -> UserError:
+        # The true last complete step: orbax counts a save that is still in flight (or failed).
         return UserError(f"saving the checkpoint of step {step} in {self.directory} failed: "
-                         f"{error}. The last complete checkpoint is step "
-                         f"{self.latest_step()}; fix the cause, then rerun to resume from it")
+                         f"{error}; {workdir_lib.resume_note(self.directory.parent)}. Fix the "
+                         "cause (free space, make it writable), then rerun the same command")
 
-    def restore(self, abstract_state: Any = None, step: int | None = None, *, data: bool = True
-                ) -> tuple[Any, Any, dict]:
+    def restore(self, abstract_state: Any = None, step: int | None = None, *, data: bool = True,
+                params_only: bool = False) -> tuple[Any, Any, dict]:
         """(state, data_state, extra) of `step` (default: latest), laid out as `abstract_state`.
 
         `abstract_state` holds arrays or ShapeDtypeStructs whose shardings the restored arrays
@@ -266,21 +281,39 @@ class Checkpointer:
         `data=False` skips the data-iterator state (None); the state of a run on another
         number of processes is merged from every process's (`merge_process_states`).
         `extra` holds the saved `config` and the `step`. A checkpoint of another model shape
-        raises UserError naming the parameters that differ.
+        raises UserError naming the parameters that differ. `params_only` (with no
+        `abstract_state`) reads only `state["params"]`: a reader of a run never touches its
+        optimizer state. Restored arrays are checked against the checksums saved with them
+        (DamagedCheckpoint if they differ; checkpoints saved before lm kept checksums have
+        none to check).
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise MissingFileError(f"no checkpoint in {self.directory}")
+        step_dir = self.directory / str(step)
+        check_files(step_dir)
         if abstract_state is None:
             abstract_state = self.saved_abstract_state(step)
+            if params_only:
+                abstract_state = {"params": abstract_state["params"]}
+        else:
+            self._check_shapes(step, abstract_state)
         abstract_state = abstract_like(abstract_state)
-        self._check_shapes(step, abstract_state)
-        items = dict(state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore())
+        items = dict(config=ocp.args.JsonRestore())
+        if not params_only:
+            items["state"] = ocp.args.StandardRestore(abstract_state)
         if data:
             items["data"] = ProcessJsonRestore()
+        has_checksums = (step_dir / "checksums").exists()
+        if has_checksums:
+            items["checksums"] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        state = _restore_part(step_dir / "state", abstract_state) if params_only else (
+            restored.state)
+        if has_checksums:
+            verify_checksums(state, restored.checksums["arrays"])
         data_state = restored.data if data else None
-        return restored.state, data_state, {"config": restored.config, "step": step}
+        return state, data_state, {"config": restored.config, "step": step}
 
     def restore_latest_intact(self, abstract_state: Any, log=print) -> tuple[Any, Any, dict]:
         """`restore` of the newest checkpoint that reads back whole.
@@ -295,20 +328,41 @@ class Checkpointer:
             except UserError:
                 raise
             except Exception as e:  # noqa: BLE001  (any read failure means damage)
-                reason = " ".join(str(e).split())[:300] or type(e).__name__
-                moved = self._set_aside(step)
-                log(f"checkpoint step {step} is damaged ({type(e).__name__}: {reason}); moved "
-                    f"it to {moved} and trying the previous one")
-        raise MissingFileError(f"no intact checkpoint left in {self.directory}")
+                moved = self.set_aside(step)
+                why = short_error(e, 300)
+                why = why if isinstance(e, DamagedCheckpoint) else f"{type(e).__name__}: {why}"
+                log(f"checkpoint step {step} is damaged ({why}); moved it to "
+                    f"{moved} and trying the previous one")
+        raise MissingFileError(
+            f"no intact checkpoint left in {self.directory} (the damaged ones are in "
+            f"{self.directory.parent / 'checkpoints_damaged'}): rerun with --restart to start "
+            "this run over")
 
-    def _set_aside(self, step: int) -> epath.Path:
+    def set_aside(self, step: int) -> epath.Path:
+        """Moves checkpoint `step` to `checkpoints_damaged/` (never deleted); its new path."""
+        target = self._move_aside(step)
+        self._manager.reload()
+        return target
+
+    def _move_aside(self, step: int) -> epath.Path:
         target = self.directory.parent / "checkpoints_damaged" / f"{step}-{int(time.time())}"
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.directory / str(step)), str(target))
         multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
-        self._manager.reload()
         return target
+
+    def _set_aside_unreadable_metrics(self, read_only: bool) -> None:
+        """A step whose saved metrics do not parse is damaged like any other: set aside (a
+        reader, which moves nothing, is told which)."""
+        for step, why in sorted(unreadable_metrics(self.directory).items()):
+            if read_only:
+                raise UserError(f"checkpoint step {step} in {self.directory} is damaged ({why})"
+                                ": a rerun of `lm train` sets it aside, or move it away")
+            moved = self._move_aside(step)
+            if jax.process_index() == 0:
+                print(f"checkpoint step {step} is damaged ({why}); moved it to {moved}",
+                      flush=True)
 
     def saved_abstract_state(self, step: int) -> Any:
         """The saved state's tree of ShapeDtypeStructs (dicts and lists), replicated."""
@@ -342,25 +396,116 @@ class Checkpointer:
         self._manager.close()
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+# ------------------------------------------------ damage found before orbax reads a step
 
 
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
+class DamagedCheckpoint(Exception):
+    """A step whose files do not read back as they were saved (a missing file, a checksum
+    that differs): set aside like any other damaged step."""
 
 
-def _jsonable(obj: Any) -> Any:
-    """JSON fallback for config values: ConfigDicts, tuples, numpy scalars."""
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
+class NonFiniteState(FloatingPointError):
+    """A state holding NaN/Inf, which is never saved."""
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """The bits of `x` as uint32 words (one per element; two per 8-byte element)."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    size = x.dtype.itemsize
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[size]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+    """[sum of the words, sum of the words weighted by their position] mod 2**32: integer
+    sums, so the same on any sharding; the weights catch moved bytes too. No reshape: a
+    sharded array is never gathered."""
+    w = _words(x)
+    index = jnp.zeros(w.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(w.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride)
+        stride = (stride * w.shape[axis]) % (1 << 32)
+    weights = index * jnp.uint32(2654435761) + jnp.uint32(1)
+    return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * weights, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _checksums_and_finite(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """([leaves, 2] checksums, whether every floating-point value is finite): one pass."""
+    sums = jnp.stack([_leaf_checksum(x) for x in leaves]) if leaves else jnp.zeros((0, 2))
+    finite = [jnp.all(jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return sums, jnp.all(jnp.stack(finite)) if finite else jnp.bool_(True)
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    """A replicated result on this host (every process holds a copy)."""
+    return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+
+def checksums(tree: Any) -> tuple[dict[str, list[int]], bool]:
+    """({leaf name: checksum} of a state's arrays, whether all their values are finite),
+    computed on the devices."""
+    flat = [(".".join(_key_name(k) for k in path), x)
+            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if hasattr(x, "dtype")]
+    sums, finite = _checksums_and_finite([jnp.asarray(x) for _, x in flat])
+    sums = _host(sums)
+    return {name: [int(a), int(b)] for (name, _), (a, b) in zip(flat, sums)}, bool(_host(finite))
+
+
+def verify_checksums(tree: Any, saved: dict[str, list[int]]) -> None:
+    """Raises DamagedCheckpoint when a restored array differs from the one that was saved."""
+    computed, _ = checksums(tree)
+    bad = sorted(name for name, value in computed.items() if saved.get(name) != value)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DamagedCheckpoint(f"{len(bad)} arrays differ from the checksums saved with "
+                                f"them ({shown})")
+
+
+def _restore_part(directory: epath.Path, abstract_part: Any) -> Any:
+    """The subtree `abstract_part` of the state saved in `directory`, nothing else read."""
+    with _quiet_orbax(), ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+        return reader.restore(directory, args=ocp.args.PyTreeRestore(
+            item=abstract_part, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_part)))
+
+
+def check_files(step_dir: epath.Path) -> None:
+    """Raises DamagedCheckpoint for a step missing a file that orbax needs to read its arrays
+    (orbax would fail on it inside its event loop, with pages of tracebacks)."""
+    state = step_dir / "state"
+    needed = [state / "_METADATA"]
+    if any(state.glob("ocdbt.process_*")):
+        needed.append(state / "manifest.ocdbt")
+    for path in needed:
+        if not path.exists() or not path.stat().length:
+            raise DamagedCheckpoint(f"{path} is {'empty' if path.exists() else 'missing'}")
+
+
+def unreadable_metrics(directory: epath.Path) -> dict[int, str]:
+    """{step: why} of the steps whose saved eval metrics are not a JSON object (orbax reads
+    every step's on opening the directory, and would fail on one of them)."""
+    damaged = {}
+    steps = [p for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
+    for step_dir in steps:
+        path = step_dir / "metrics" / "metrics"
+        if not path.exists():
+            continue
+        try:
+            if not isinstance(json.loads(path.read_bytes().decode("utf-8")), dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            damaged[int(step_dir.name)] = f"{path} is not JSON ({short_error(e)})"
+    return damaged
+
+
+def short_error(error: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, without tensorstore's spec dumps or reprs of
+    bound methods: what went wrong and where, not orbax's internals."""
+    text = " ".join(str(error).split())
+    text = re.split(r" \[tensorstore_spec=| \[source locations=", text)[0]
+    text = re.sub(r"<bound method [^>]*>", "", text).strip(" ;:,")
+    return (text[:limit] + "...") if len(text) > limit else (text or type(error).__name__)

@@ -14,13 +14,14 @@ import functools
 import json
 import os
 import pathlib
-import platform
 import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lm.compile_cache import cpu_name
 
 # Dense peak FLOP/s per chip by device_kind substring (first match wins: order matters).
 # bfloat16 is the tensor-core/MXU rate; float32 matmuls run on TPU as bf16 passes and on
@@ -116,16 +117,6 @@ def cpu_matmul_peak(n: int = 1024, seconds: float = 1.0) -> float:
     return 2.0 * n**3 / best
 
 
-def _cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cache_file() -> pathlib.Path:
     root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
     return pathlib.Path(root) / "lm" / "cpu_peak_flops.json"
@@ -136,7 +127,7 @@ def cached_cpu_peak(seconds: float = 0.25) -> tuple[float, str]:
     machine (CPU model, core count, jax version), kept in ~/.cache/lm. Each run measures
     briefly and only ever raises the cached value, so MFU does not fall with the load of the
     moment a run starts; a machine that got slower needs its cache file deleted."""
-    key = f"{_cpu_name()} x{os.cpu_count()} jax {jax.__version__}"
+    key = f"{cpu_name()} x{os.cpu_count()} jax {jax.__version__}"
     path = _cache_file()
     try:
         cache = json.loads(path.read_text())
@@ -179,30 +170,36 @@ class Rates(NamedTuple):
 
 
 class Throughput:
-    """Steps, tokens and FLOPs per second between host reads; a window starts at the first
-    read after a pause (compile, eval, checkpoint), so those pauses never count."""
+    """Steps, tokens and FLOPs per second over a window of steps, timed by when each step was
+    seen to finish (`tick(done=...)`), not by when the host read it. The host reads a step
+    one step late, and where a step runs inside its call (CPU) the two reads at an eval or
+    checkpoint step come microseconds apart with a whole step between the steps they report:
+    timed by the reads, that window reads 100× too fast. A window starts at the first step
+    finished after a pause (compile, eval, checkpoint: `reset`); its own time is not counted."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self._start, self._count, self._tokens, self._flops = None, 0, 0, 0.0
+        self._start, self._last, self._count, self._tokens, self._flops = None, None, 0, 0, 0.0
 
-    def tick(self, tokens: int = 0, flops: float = 0.0) -> None:
-        """A step was read: the first one only starts the clock (its time is not measured)."""
+    def tick(self, tokens: int = 0, flops: float = 0.0, done: float | None = None) -> None:
+        """A step was read; `done`: the perf_counter time it was seen finished (default now).
+        The first step of a window only starts its clock (its time is not measured)."""
+        done = time.perf_counter() if done is None else done
         if self._start is None:
-            self._start = time.perf_counter()
+            self._start = done
         else:
-            self._count, self._tokens, self._flops = (
-                self._count + 1, self._tokens + tokens, self._flops + flops)
+            self._count, self._tokens, self._flops, self._last = (
+                self._count + 1, self._tokens + tokens, self._flops + flops, done)
 
     def rate(self) -> Rates | None:
-        """Rates since the window started (None if too few steps), and start a new one."""
+        """Rates over the window (None if too few steps), and start a new one at its end."""
         if not self._count:
             return None
-        now = time.perf_counter()
-        seconds = max(now - self._start, 1e-9)
+        seconds = max(self._last - self._start, 1e-9)
         rates = Rates(self._count / seconds, self._tokens / seconds, self._flops / seconds)
+        last = self._last
         self.reset()
-        self._start = now
+        self._start = last
         return rates

@@ -71,8 +71,8 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     The same clipping to float rounding, but XLA:CPU fuses a multiply by a scalar into
     AdamW's moment updates, where it wrote optax's select out as a whole clipped copy of the
-    gradients first: one more write and two more reads of every gradient. MiniLM's AdamW
-    (22.7M parameters) 44.6 -> 35.3 ms per step.
+    gradients first: one more write and two more reads of every gradient, in a step that
+    is bound by memory traffic on CPU.
     """
 
     def update_fn(updates, state, params=None):

@@ -23,34 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
 from typing import Any
 
-from lm.errors import UserError
+from lm.units import format_bytes
 
 # Cheapest first: each recomputes more of the forward pass in the backward.
 REMAT_ORDER = ("none", "dots_with_no_batch_dims_saveable", "full")
 MAX_COMPILES = 12
-_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'80GB' (10^9), '80GiB' (2^30), '1.5e10' → bytes."""
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise UserError(f"--device_memory={text!r}: write e.g. 80GB, 16GiB or 1.6e10")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def human(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
 @dataclasses.dataclass
 class Estimate:
     """Per-device bytes of one compiled train step (remat policy, micro-batches)."""
@@ -186,8 +166,8 @@ def plan(config, devices: list, *, devices_per_host: int, device_memory: int | N
         est = planner.estimate(remat, accum)
         est.fits = None if device_memory is None else est.peak <= device_memory
         tried.append(est)
-        log(f"compiled remat={remat} micro-batches={accum}: peak {human(est.peak)} per device "
-            f"({est.compile_s:.0f} s)")
+        log(f"compiled remat={remat} micro-batches={accum}: peak {format_bytes(est.peak)} "
+            f"per device ({est.compile_s:.0f} s)")
         if device_memory is None or est.fits:
             break
     own, fit = tried[0], next((e for e in tried if e.fits), None)
@@ -218,7 +198,7 @@ def plan(config, devices: list, *, devices_per_host: int, device_memory: int | N
 
 
 def _maybe(n: int | None) -> str:
-    return "n/a" if n is None else human(n)
+    return "n/a" if n is None else format_bytes(n)
 
 
 def report(result: dict[str, Any], title: str) -> str:
@@ -237,13 +217,13 @@ def report(result: dict[str, Any], title: str) -> str:
         f"tokens per step; {b['rows_per_device']} rows per device",
         "",
         f"per device, remat {own['remat']}, {own['accum']} micro-batch(es):",
-        f"  parameters        {human(own['params']):>10}",
-        f"  optimizer state   {human(own['opt_state']):>10}",
+        f"  parameters        {format_bytes(own['params']):>10}",
+        f"  optimizer state   {format_bytes(own['opt_state']):>10}",
         f"  activations       {_maybe(own['activations']):>10}"
         "   saved for the backward pass, one micro-batch (estimate)",
-        f"  XLA temporaries   {human(own['temporaries']):>10}"
+        f"  XLA temporaries   {format_bytes(own['temporaries']):>10}"
         "   activations, gradients, gathered weights, scratch",
-        f"  peak              {human(own['peak']):>10}"
+        f"  peak              {format_bytes(own['peak']):>10}"
         "   arguments + outputs - donated + temporaries",
         f"FLOPs per step: {own['flops']:.3e} on all devices, {own['flops'] / n:.3e} per device"
         f" (model FLOPs 6N+attention: {result['model_flops']:.3e})",
@@ -251,23 +231,24 @@ def report(result: dict[str, Any], title: str) -> str:
     memory = result["device_memory"]
     if memory is None:
         return "\n".join(lines)
-    lines.append(f"fits in {human(memory)}: {'yes' if own['fits'] else 'NO'}")
+    lines.append(f"fits in {format_bytes(memory)}: {'yes' if own['fits'] else 'NO'}")
     if own["fits"]:
         return "\n".join(lines)
     lines += ["", "tried (cheapest first):"]
-    lines += [f"  remat {e['remat']:<34} micro-batches {e['accum']:<3} peak {human(e['peak']):>10}"
-              f"  {'fits' if e['fits'] else 'no'}" for e in result["tried"]]
+    lines += [f"  remat {e['remat']:<34} micro-batches {e['accum']:<3} "
+              f"peak {format_bytes(e['peak']):>10}  {'fits' if e['fits'] else 'no'}"
+              for e in result["tried"]]
     fit = result["fit"]
     if fit:
         flags = [f"--config.model.remat_policy={fit['remat']}"] * (fit["remat"] != own["remat"])
         flags += [f"--config.train.grad_accum_steps={fit['accum']}"] * (
             fit["accum"] != own["accum"])
-        lines.append(f"fits with: {' '.join(flags)}  (peak {human(fit['peak'])}, "
+        lines.append(f"fits with: {' '.join(flags)}  (peak {format_bytes(fit['peak'])}, "
                      f"{fit['flops']:.3e} FLOPs per step: +"
                      f"{100 * (fit['flops'] / own['flops'] - 1):.0f}% recomputation)")
     else:
         state = own["params"] + own["opt_state"]
         lines.append(f"nothing tried fits; parameters + optimizer state alone take "
-                     f"{human(state)} per device: split them over more devices "
+                     f"{format_bytes(state)} per device: split them over more devices "
                      "(--config.mesh.preset=fsdp, a larger mesh.fsdp) or use more devices")
     return "\n".join(lines)

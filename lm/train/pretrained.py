@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -34,6 +33,7 @@ from flax.core import meta
 
 from lm.errors import MissingFileError, UserError
 from lm.nn.config import ModelConfig
+from lm.train.writer import read_config_json
 
 # ModelConfig fields that the experiment sets even when the architecture comes from a source:
 # they change neither the pretrained parameters' shapes nor what they compute.
@@ -64,7 +64,8 @@ def run_config(workdir: str | pathlib.Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(f"{path} not found: {workdir} is not a workdir of "
                                "`python -m lm train`")
-    return json.loads(path.read_text())
+    return read_config_json(path)
+
 
 
 def _init_source(init_cfg: Mapping) -> tuple[str, str]:

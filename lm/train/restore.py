@@ -1,19 +1,21 @@
 """A run's parameters for reading (lm eval, sample, predict, classify; finetuning from a
-run): the model config and params of one checkpoint, the optimizer state read and dropped."""
+run): the model config and params of one checkpoint; its optimizer state is never read."""
 
-import json
 import os
 from typing import Any
 
 from etils import epath
 
 from lm.errors import MissingFileError, UserError
+from lm.train import checkpoint
 from lm.train.checkpoint import Checkpointer
+from lm.train.writer import read_config_json
 
 
 def restore_params(workdir: str, step: int | str | None = None) -> tuple[Any, dict, int]:
     """(model config, params, step) of a run's checkpoint: `step` = an int, 'latest' (None)
-    or 'best' (by the run's train.best_metric). The optimizer state is read and dropped."""
+    or 'best' (by the run's train.best_metric). Only the params are read: damage elsewhere
+    in the checkpoint does not matter; damage in them is a one-line UserError naming it."""
     from lm.nn.config import ModelConfig
 
     if not (epath.Path(os.path.abspath(workdir)) / "checkpoints").exists():
@@ -28,7 +30,14 @@ def restore_params(workdir: str, step: int | str | None = None) -> tuple[Any, di
         if step is None or int(step) not in ckpt.all_steps():
             raise MissingFileError(f"{workdir} has no checkpoint at step {step}; it has "
                                    f"{ckpt.all_steps()}")
-        state, _, extra = ckpt.restore(None, int(step), data=False)
+        try:
+            state, _, extra = ckpt.restore(None, int(step), data=False, params_only=True)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001  (any read failure means damage)
+            raise UserError(f"checkpoint step {step} in {ckpt.directory} is damaged "
+                            f"({checkpoint.short_error(e)}): read another step (--step), or "
+                            "rerun `lm train`, which sets it aside") from None
     finally:
         ckpt.close()
     model = extra["config"].get("model")
@@ -42,6 +51,6 @@ def _best_of(workdir: str) -> dict[str, str]:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return {}
-    train = json.loads(open(path).read()).get("train", {})
+    train = read_config_json(path).get("train", {})
     return {"best_metric": train.get("best_metric") or None,
             "best_mode": train.get("best_mode", "min")}

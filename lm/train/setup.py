@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lm import data, models
-from lm.data import pipeline, synthetic, tokenizers
+from lm.data import glue, pipeline, synthetic, tokenizers
 from lm.errors import UserError
 from lm.nn.config import ModelConfig
 from lm.train import objectives, optim, pretrained, sharding, step, topology, windows
@@ -101,8 +101,11 @@ def build(config: ml_collections.ConfigDict, *, mesh: Mesh | None = None,
     None builds none, anything else is used as it is. `model_cfg`: a saved run's (from its
     checkpoint; its recorded config is already resolved)."""
     if model_cfg is None:
+        check_train(config.train)  # before resolve: it divides by the batch size
         config = pretrained.resolve(config)
+        check_train(config.train)  # train.steps, once epochs have set it
         model_cfg = model_config_from(config.model)
+        check_model(model_cfg)
     check_lengths(config.data, model_cfg)
     if mesh is None:
         mesh, rules = topology.setup(config, echo=echo)
@@ -113,6 +116,7 @@ def build(config: ml_collections.ConfigDict, *, mesh: Mesh | None = None,
         tokenizer = make_tokenizer(config.data, workdir, model_cfg.vocab_size)
     if tokenizer is not None:
         check_vocab(tokenizer.vocab_size, model_cfg.vocab_size)
+        check_label_words(config.data, tokenizer)
     tx, schedule = optim.make_optimizer(config.train)
     return Setup(config, model_cfg, models.build(model_cfg),
                  objectives.get(config.data.objective, model_cfg), tokenizer, mesh, rules, tx,
@@ -145,6 +149,47 @@ def model_config_from(fields: ml_collections.ConfigDict) -> ModelConfig:
         raise UserError(f"config.model: {e}") from None
 
 
+# train.<key>: (lowest valid value, what the key is) for the settings that are counts or rates.
+_AT_LEAST = {
+    "batch_size": (1, "rows per step"), "grad_accum_steps": (1, "micro-batches per step"),
+    "parallel_micro_batches": (1, "micro-batches run side by side"),
+    "log_every": (1, "steps between logged records"), "keep_checkpoints": (1, "checkpoints kept"),
+    "warmup_steps": (0, "steps"), "eval_every": (0, "steps; 0 = only at the end"),
+    "checkpoint_every": (0, "steps; 0 = only at the end"), "epochs": (0, "0 = use train.steps"),
+    "eval_batch_size": (0, "rows; 0 = train.batch_size"), "decay_steps": (0, "0 = train.steps"),
+    "lr": (0, "the peak learning rate"), "min_lr": (0, "the final learning rate"),
+    "weight_decay": (0, "AdamW's decoupled decay"), "clip_norm": (0, "0 = no clipping"),
+}
+
+
+def check_train(t: ml_collections.ConfigDict) -> None:
+    """Every train.* count and rate in its valid range, named in one line (the one place)."""
+    if t.epochs == 0 and t.steps < 1:  # first: experiments derive warmup etc. from it
+        raise UserError(f"train.steps={t.steps} is out of range: it must be >= 1 (optimizer "
+                        "steps to train), or set train.epochs")
+    for key, (low, what) in _AT_LEAST.items():
+        if key in t and t[key] < low:
+            raise UserError(f"train.{key}={t[key]} is out of range: it must be >= {low} ({what})")
+    if t.eval_steps == 0 or t.eval_steps < -1:
+        raise UserError(f"train.eval_steps={t.eval_steps} is out of range: it must be >= 1 "
+                        "(batches per evaluation) or -1 (the whole split)")
+    for key in ("b1", "b2"):
+        if not 0 <= t[key] < 1:
+            raise UserError(f"train.{key}={t[key]} is out of range: it must lie in [0, 1)")
+    if t.eps <= 0:
+        raise UserError(f"train.eps={t.eps} is out of range: it must be > 0")
+    if t.best_mode not in ("min", "max"):
+        raise UserError(f"train.best_mode={t.best_mode!r} must be 'min' or 'max'")
+
+
+def check_model(model_cfg: ModelConfig) -> None:
+    """The model's rates in range (a dropout rate of 1 or more zeroes every activation)."""
+    for key in ("dropout_rate", "attention_dropout_rate"):
+        value = getattr(model_cfg, key, 0.0)
+        if not 0 <= value < 1:
+            raise UserError(f"model.{key}={value} is out of range: it must lie in [0, 1)")
+
+
 def check_lengths(data_cfg: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
     if model_cfg.position == "learned" and data_cfg.seq_len > model_cfg.max_len:
         raise UserError(
@@ -172,6 +217,22 @@ def make_tokenizer(data_cfg: ml_collections.ConfigDict, workdir: str | pathlib.P
         multihost_utils.sync_global_devices("tokenizer trained")
         tok_cfg.path = str(prefix.with_suffix(".model"))
     return data.make_tokenizer(data_cfg)
+
+
+def check_label_words(data_cfg: ml_collections.ConfigDict, tokenizer: Any) -> None:
+    """A text-to-text GLUE run (T5) writes its labels as words: each must survive the
+    tokenizer (encode, then decode), or no prediction could ever name it."""
+    if data_cfg.objective != "seq2seq" or not data_cfg.get("task"):
+        return
+    task = glue.get(data_cfg.task)
+    words = task.words or ("0.0", "2.4", "5.0")  # STS-B: scores as seq2seq.glue_target writes
+    decoded = {w: tokenizer.decode(tokenizer.encode(w)).strip() for w in words}
+    lost = {w: d for w, d in decoded.items() if d != w}
+    if lost:
+        raise UserError(
+            f"the tokenizer (data.tokenizer.path={data_cfg.tokenizer.path!r}) cannot write the "
+            f"{task.name} label words {sorted(lost)} (they decode as {sorted(lost.values())}): "
+            "use a tokenizer whose vocabulary holds them (e.g. one trained on this task)")
 
 
 def check_vocab(tokenizer_vocab: int, model_vocab: int) -> None:

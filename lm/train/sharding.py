@@ -3,8 +3,9 @@
 The mesh has three named axes: `data` (replicas, each with a slice of the batch), `fsdp`
 (also a slice of the batch, and params/optimizer state split along `embed`) and `tensor`
 (Megatron-style: MLP hidden units, heads and the vocabulary split across devices). Model code
-names only logical axes (CONTRACT.md); `logical_rules` maps them onto this mesh, so pure data
-parallel (only `data` > 1), FSDP and tensor parallel differ in the mesh shape alone.
+names only logical axes (`batch`, `embed`, `mlp`, `heads`, `vocab`..., never a mesh axis);
+`logical_rules` maps them onto this mesh, so pure data parallel (only `data` > 1), FSDP and
+tensor parallel differ in the mesh shape alone.
 
 Typical use (the train loop):
 

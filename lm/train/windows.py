@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lm.data import sources
+from lm.data import sources, specs
 from lm.errors import UserError
 
 
@@ -32,7 +32,7 @@ def _token_stream(data_cfg_json: str, tokenizer: Any, split: str) -> np.ndarray:
     return np.asarray(ids, np.int32)
 
 
-class RandomWindows:
+class RandomWindows(specs.IndexedBatches):
     """Iterator of {inputs, targets, weights} batches; see the module docstring."""
 
     def __init__(self, tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
@@ -46,9 +46,6 @@ class RandomWindows:
             raise UserError(f"num_epochs={num_epochs}: random windows sample forever (None) "
                              "or cover the split once (1)")
         self.once, self.index = num_epochs == 1, 0
-
-    def __iter__(self):
-        return self
 
     def _starts(self) -> np.ndarray:
         """Window offsets of this process's rows of batch `self.index`."""
@@ -79,17 +76,12 @@ class RandomWindows:
         return dict(inputs=window[:, :-1], targets=window[:, 1:],
                     weights=np.repeat(real[:, None], self.seq_len, 1).astype(np.float32))
 
-    def get_state(self) -> dict[str, int]:
-        return {"index": self.index}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self.index = int(state["index"])
-
 
 def make_iterator(data_cfg, tokenizer, *, split: str, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1, shuffle: bool = True,
                   num_epochs: int | None = None) -> RandomWindows:
-    """Same signature as lm.data.make_iterator (CONTRACT.md); `shuffle` is ignored."""
+    """Same signature as lm.data.make_iterator, so the trainer takes either; `shuffle` is
+    ignored."""
     tokens = _token_stream(data_cfg.to_json(), tokenizer, split)
     return RandomWindows(tokens, seq_len=data_cfg.seq_len, batch_size=batch_size, seed=seed,
                          process_index=process_index, process_count=process_count,

@@ -6,6 +6,7 @@ import json
 import math
 import pathlib
 import sys
+import time
 from typing import Any
 
 import tqdm
@@ -17,7 +18,8 @@ from lm.nn.config import ModelConfig
 
 def _import_tensorboardx():
     """tensorboardX, without the `import torch` its writer does when torch is installed (only
-    to accept torch tensors; we log floats): 1.5 s of every run's start-up."""
+    to accept torch tensors; we log floats): importing torch would lengthen every run's
+    start-up."""
     if "torch" in sys.modules:
         import tensorboardX
         return tensorboardX
@@ -30,16 +32,19 @@ def _import_tensorboardx():
 
 
 tensorboardX = _import_tensorboardx()
-from tensorboardX.proto.event_pb2 import Event, SessionLog  # noqa: E402  (after the import above)
+from tensorboardX.proto.event_pb2 import Event  # noqa: E402  (after the import above)
 from tensorboardX.proto.summary_pb2 import Summary  # noqa: E402
+from tensorboardX.record_writer import RecordWriter  # noqa: E402
 
 
 class MetricsWriter:
     """Writes `{step, train/..., eval/...}` records; only the lead process (index 0) writes.
 
     A resumed run first drops the records past `initial_step` (steps trained after the last
-    checkpoint by a run that was killed; a fresh start drops them all), so metrics.jsonl and
-    TensorBoard always hold exactly what an uninterrupted run writes. The progress bar is
+    checkpoint by a run that was killed; a fresh start drops them all) and a torn last line,
+    then rebuilds the TensorBoard events from what metrics.jsonl keeps (a kill -9 loses the
+    events still queued for the event file), so metrics.jsonl and TensorBoard always hold
+    exactly what an uninterrupted run writes. The progress bar is
     drawn only on a terminal; `quiet` (or a log file) gives one plain line per record.
     """
 
@@ -50,17 +55,13 @@ class MetricsWriter:
         if not enabled:
             return
         workdir = pathlib.Path(workdir)
-        truncate_records(workdir / "metrics.jsonl", initial_step if resumed else -1)
+        truncate_records(workdir / "metrics.jsonl", initial_step if resumed else -1,
+                         log=lambda line: print(line, flush=True))
+        rebuild_tensorboard(workdir / "tensorboard", read_records(workdir / "metrics.jsonl"))
         self._jsonl = open(workdir / "metrics.jsonl", "a")
         # A deep event queue: at the default 10, logging every step blocks the loop on the
         # writer thread. Events still reach disk every 120 s.
         self._tb = tensorboardX.FileWriter(str(workdir / "tensorboard"), max_queue=1000)
-        # TensorBoard drops the events a killed run wrote past the restored step (what
-        # SummaryWriter(purge_step=...) writes first).
-        purge_step = initial_step + 1 if resumed else 0
-        self._tb.add_event(Event(step=purge_step, file_version="brain.Event:2"))
-        self._tb.add_event(Event(step=purge_step,
-                                 session_log=SessionLog(status=SessionLog.START)))
         self._bar = None if quiet or not sys.stderr.isatty() else tqdm.tqdm(
             total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
         )
@@ -69,11 +70,10 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-        # JSON has no NaN/Inf: write them as null so that every line parses.
-        self._jsonl.write(json.dumps({k: _json_number(v) for k, v in record.items()}) + "\n")
+        self._jsonl.write(json.dumps(jsonable(record)) + "\n")  # NaN/Inf as null
         self._jsonl.flush()
-        # One event per record: SummaryWriter.add_scalar's event per value cost 0.55 ms per
-        # step of 9 values (0.07 ms this way), host time the 2-core machine's step shares.
+        # One event per record, not SummaryWriter.add_scalar's event per value: each event is
+        # serialized and queued on its own, host time that a CPU run's step shares.
         self._tb.add_summary(Summary(value=[Summary.Value(tag=k, simple_value=float(v))
                                             for k, v in metrics.items()]), int(step))
         self._show(step, record)
@@ -135,6 +135,25 @@ def read_records(path: str | pathlib.Path, *, log=None) -> list[dict[str, Any]]:
     return records
 
 
+def rebuild_tensorboard(directory: pathlib.Path, records: list[dict[str, Any]]) -> None:
+    """Replaces the event files in `directory` with one holding an event per record, in
+    order (null as NaN): what the writer wrote for them, whatever a kill left on disk. Its
+    name sorts before the files a writer opens after it."""
+    for old in directory.glob("events.out.tfevents.*"):
+        old.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    out = RecordWriter(str(directory / "events.out.tfevents.0000000000.records"))
+    out.write(Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+    for record in records:
+        values = [Summary.Value(tag=k, simple_value=math.nan if v is None else float(v))
+                  for k, v in record.items() if k != "step"]
+        out.write(Event(wall_time=now, step=int(record["step"]),
+                        summary=Summary(value=values)).SerializeToString())
+    out.flush()
+    out.close()
+
+
 def truncate_records(path: pathlib.Path, last_step: int, *, log=None) -> None:
     """Drops the records of metrics.jsonl whose step is past `last_step`, and a torn last
     line (atomically)."""
@@ -152,8 +171,35 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
 
 
-def _json_number(v):
-    return v if not isinstance(v, float) or math.isfinite(v) else None
+def is_finite(x: Any) -> bool:
+    """Whether `x` is a finite number (a python, numpy or jax scalar); False for None,
+    strings and arrays of more than one value."""
+    if isinstance(x, (str, bytes)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def jsonable(x: Any) -> Any:
+    """`x` as JSON holds it (the one converter: records, configs, sweep files): containers
+    walked, ConfigDicts as dicts, numpy/jax values as numbers or lists, NaN and Inf as null
+    (JSON has neither, and a strict reader rejects Python's NaN), anything else as its str."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, (str, int)):
+        return x
+    if isinstance(x, dict):  # keys as JSON writes them: 1 -> "1", True -> "true"
+        return {k if isinstance(k, str) else json.dumps(k, default=str): jsonable(v)
+                for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "to_dict"):  # ConfigDict
+        return jsonable(x.to_dict())
+    if hasattr(x, "tolist"):  # numpy / jax arrays and scalars
+        return jsonable(x.tolist())
+    return str(x)
 
 
 # ---------------------------------------------------------------- the recorded config
@@ -165,10 +211,10 @@ def record_config(workdir: pathlib.Path, resolved: dict, step_: int, *, allow_ch
     recorded config, or, with `allow_change`, the change is appended to config_changes.jsonl
     with its step."""
     path = workdir / "config.json"
-    resolved = _as_json(resolved)  # tuples as JSON has them
+    resolved = jsonable(resolved)  # tuples as JSON has them
     if path.exists() and step_ > 0:
-        recorded = json.loads(path.read_text())
-        defaults = _as_json({**config_lib.to_dict(config_lib.base_config()),
+        recorded = read_config_json(path)
+        defaults = jsonable({**config_lib.to_dict(config_lib.base_config()),
                              "model": dataclasses.asdict(ModelConfig())})
         changes = {k: v for k, v in config_diff(recorded, resolved).items()
                    if not _added_at_default(k, v[1], recorded, defaults)}
@@ -190,11 +236,22 @@ def record_config(workdir: pathlib.Path, resolved: dict, step_: int, *, allow_ch
     tmp.replace(path)
 
 
-def _as_json(tree: dict) -> dict:
-    return json.loads(json.dumps(tree, default=str))
-
-
 _MISSING = object()
+
+
+def read_config_json(path: str | pathlib.Path) -> dict[str, Any]:
+    """A run's recorded config.json (the one reader); a damaged one (empty, not JSON, not
+    UTF-8) is a one-line UserError naming the file and the fix."""
+    try:
+        config = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        why = "empty" if not pathlib.Path(path).read_bytes().strip() else f"not JSON: {e}"
+        raise UserError(f"{path} is damaged ({why}): delete it and rerun this run's `lm train` "
+                        "command, which records its config again, or restore it from a copy"
+                        ) from None
+    return config
 
 
 def _lookup(tree: dict, key: str) -> Any:
