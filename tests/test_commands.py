@@ -9,8 +9,8 @@ import pytest
 
 from lm.__main__ import main
 from lm.eval import predictions as predict
+from lm.eval.predictions import classify_texts
 from lm.generation import inference
-from lm.generation.inference import classify_texts
 from lm.train import saved
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_classify_a_hugging_face_classifier_as_transformers_does(family, gpt2_to
             shown = dict(pair.split("=") for pair in row[1].split("  "))
             assert list(shown) == list(id2label.values())
             np.testing.assert_allclose([float(v) for v in shown.values()], probs, atol=1e-3)
-    got = inference.classify(*inference.load_hf(directory), texts,
+    got = predict.classify(*inference.load_hf(directory), texts,
                              labels=inference.hf_labels(directory))
     np.testing.assert_allclose([list(p.values()) for _, p in got], want, atol=1e-5)
 

@@ -20,14 +20,15 @@ def main(argv: list[str]) -> None:
     p.add_argument("--file", default=None, help="sentences, one per line")
     args, overrides = common.parse(p, argv[1:])
     texts = common.lines(args.text, args.file)
+    from lm.eval import predictions
     from lm.generation import inference
 
     if args.hf:
         model, params, tokenizer, _ = common.load_model(args, overrides)
-        results = inference.classify(model, params, tokenizer, texts,
+        results = predictions.classify(model, params, tokenizer, texts,
                                      labels=inference.hf_labels(args.hf))
     else:
-        results = inference.classify_texts(common.saved_run(args, overrides), texts)
+        results = predictions.classify_texts(common.saved_run(args, overrides), texts)
     for text, (label, scores) in zip(texts, results):
         shown = "  ".join(f"{name}={p:.3f}" for name, p in scores.items())
         print(f"{label}\t{shown}\t{text}")

@@ -1,4 +1,4 @@
-"""Text in, text out: what the `sample`, `fill_mask` and `classify` commands call.
+"""Text in, text out: what the `sample` and `fill_mask` commands call.
 
     model, params, tokenizer = load_hf("gpt2_dir")      # GPT-2, T5 or BERT checkpoint dir
     sample_text(model, params, tokenizer, ["ROMEO:"], max_new_tokens=100, top_k=50)
@@ -172,70 +172,3 @@ def fill_mask(model: nn.Module, params: Any, tokenizer: Tokenizer, text: str, to
     best_MxK = np.argsort(-probs_MxV, axis=-1, kind="stable")[:, :top_k]
     return [[Prediction(tokenizer.decode([int(i)]), float(p[i]), int(i)) for i in best]
             for p, best in zip(probs_MxV, best_MxK, strict=True)]
-
-
-def classify_texts(run, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
-    """(label, {label: probability}) of each text (a score for regression) from a saved
-    classification run, encoded exactly as its training data was."""
-    from lm.data import classification, glue
-
-    if run.config.data.objective != "classification":
-        raise UserError(f"{run.workdir} is a {run.config.data.objective!r} run: `lm classify` "
-                        "needs a classification finetuning run (experiments/finetune_glue.py)")
-    task = glue.get(run.config.data.task)
-    examples = [classification.classification_example(
-        {"texts": tuple(t.split("\t")), "label": 0, "idx": i}, run.tokenizer,
-        run.config.data.seq_len, task.num_labels) for i, t in enumerate(texts)]
-    return _classified(run.model, run.params, examples, list(task.words or task.labels or []))
-
-
-def classify(model: nn.Module, params: Any, tokenizer: Tokenizer, texts: list[str], *,
-             labels: list[str]) -> list[tuple[str, dict[str, float]]]:
-    """(label, {label: probability}) of each text (a tab separates a pair; a score for
-    regression) from a Hugging Face classifier (BertForSequenceClassification,
-    GPT2ForSequenceClassification), encoded as its tokenizer does: BERT `[CLS] a [SEP] b
-    [SEP]`, GPT-2 the tokens alone, read at the last one."""
-    if not model.cfg.num_labels:
-        raise UserError(f"classify needs a classifier (a ...ForSequenceClassification "
-                        f"directory); this {model.cfg.family} has no classification head")
-    seq_len = model.cfg.max_len
-    if tokenizer.cls_id is not None and tokenizer.sep_id is not None:
-        from lm.data import classification
-
-        examples = [classification.classification_example(
-            {"texts": tuple(t.split("\t")), "label": 0, "idx": i}, tokenizer, seq_len,
-            model.cfg.num_labels) for i, t in enumerate(texts)]
-    else:
-        examples = [_plain_example([i for part in t.split("\t") for i in tokenizer.encode(part)],
-                                   tokenizer, seq_len) for t in texts]
-    return _classified(model, params, examples, labels)
-
-
-def _plain_example(ids: list[int], tokenizer: Tokenizer, seq_len: int) -> dict[str, np.ndarray]:
-    """The tokens alone, right-padded (GPT-2's tokenizer adds no symbol around a text)."""
-    ids = ids[:seq_len]
-    pad = seq_len - len(ids)
-    pad_id = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
-    return {"inputs": np.asarray(ids + [pad_id] * pad, np.int32),
-            "token_type_ids": np.zeros(seq_len, np.int32),
-            "input_mask": np.asarray([1] * len(ids) + [0] * pad, np.int32)}
-
-
-def _classified(model: nn.Module, params: Any, examples: list[dict], labels: list[str]
-                ) -> list[tuple[str, dict[str, float]]]:
-    """Runs the classifier on encoded examples: (label, {label: probability}) of each."""
-    from lm.train import objectives
-
-    batch = {k: np.stack([e[k] for e in examples]) for k in ("inputs", "token_type_ids",
-                                                             "input_mask")}
-    # each family takes its own inputs
-    args, kwargs = objectives.get("classification", model.cfg).inputs(batch)
-    logits = np.asarray(jax.jit(model.apply)({"params": params}, *args, **kwargs)["logits"],
-                        np.float64)
-    if logits.shape[-1] == 1:
-        return [(f"{row[0]:.3f}", {"score": float(row[0])}) for row in logits]
-    if len(labels) != logits.shape[-1]:
-        labels = [f"LABEL_{i}" for i in range(logits.shape[-1])]
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    return [(labels[int(p.argmax())], dict(zip(labels, map(float, p)))) for p in probs]
