@@ -35,17 +35,12 @@ def main(argv: list[str]) -> None:
     args, overrides = common.parse(p, argv[2:])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from lm import config as config_lib
-    from lm.data import sources, tokenizers
+    from lm.data import tokenizers
 
-    docs = sources.text_source(config_lib.load_data(args.config, overrides), args.split)
     start = time.time()
-    if args.kind == "char":
-        tok = tokenizers.save_chars(docs, args.output + ".json")
-        print(f"wrote {args.output}.json: {len(tok.chars)} characters")
-        return
-    path = tokenizers.train_sentencepiece(
-        tokenizers.lines(docs), args.output, vocab_size=args.vocab_size,
-        model_type=args.model_type, character_coverage=args.character_coverage,
-        byte_fallback=not args.no_byte_fallback, num_sentinels=args.num_sentinels,
-        max_sentences=args.max_sentences)
-    print(f"wrote {path} ({args.vocab_size} pieces) in {time.time() - start:.1f} s")
+    path = tokenizers.train_vocabulary(
+        config_lib.load_data(args.config, overrides), args.output, split=args.split,
+        kind=args.kind, vocab_size=args.vocab_size, model_type=args.model_type,
+        character_coverage=args.character_coverage, byte_fallback=not args.no_byte_fallback,
+        num_sentinels=args.num_sentinels, max_sentences=args.max_sentences)
+    print(f"wrote {path} in {time.time() - start:.1f} s")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Any
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -387,3 +388,16 @@ def make_tokenizer(data_cfg) -> Tokenizer:
         return CharTokenizer(chars_of(text_source(data_cfg, cfg.vocab_split)), multiple)
     raise UserError(f"data.tokenizer.kind={kind!r}: expected 'sentencepiece', 'char' or 'hf' "
                      "(alias 'wordpiece')")
+
+
+def train_vocabulary(data_cfg, output: str, *, split: str = "train",
+                     kind: str = "sentencepiece", **sentencepiece: Any) -> str:
+    """Trains a vocabulary on `split` of a data config: a sentencepiece model (OUTPUT.model,
+    `train_sentencepiece`'s keywords) or a char vocabulary (OUTPUT.json); returns its path."""
+    from lm.data import sources
+
+    docs = sources.text_source(data_cfg, split)
+    if kind == "char":
+        save_chars(docs, output + ".json")
+        return output + ".json"
+    return train_sentencepiece(lines(docs), output, **sentencepiece)

@@ -111,6 +111,19 @@ def _tokenizer_run(study: config_lib.Study, root: pathlib.Path, cli_flags: Seque
     return Run("tokenizer", "tokenizer", tuple(argv), str(root / "tokenizer"))
 
 
+def tokenizer_config(study: config_lib.Study, run: Run):
+    """What the tokenizer run trains: `data` (the data block its command line names) and
+    `vocabulary` (lm.data.tokenizers.train_vocabulary's arguments)."""
+    tok = study.tokenizer
+    flags = dict(zip(run.argv[2::2], run.argv[3::2]))  # the options before the overrides
+    _, overrides = config_lib.split_overrides(list(run.argv))
+    vocabulary = {"output": flags["--output"], "kind": tok.kind}
+    if tok.kind == "sentencepiece":
+        vocabulary.update(vocab_size=tok.vocab_size, model_type=tok.model_type)
+    return config_lib.ConfigDict({"data": config_lib.load_data(flags["--config"], overrides),
+                                  "vocabulary": vocabulary})
+
+
 def graph(study: config_lib.Study, workdir: str, cli_flags: Sequence[str] = ()) -> list[Run]:
     """Every run of the study in dependency order: tokenizer, pretraining, finetuning."""
     root = pathlib.Path(workdir).absolute()
@@ -154,7 +167,8 @@ def build(spec: str, workdir: str, cli_flags: Sequence[str] = ()
     runs, so a bad override fails first; a pretraining run's metric is its best_metric."""
     study = config_lib.load_study(spec)
     runs = graph(study, workdir, cli_flags)
-    configs = {r.id: point_config(r.spec, r.flags) for r in runs if r.stage != "tokenizer"}
+    configs = {r.id: tokenizer_config(study, r) if r.stage == "tokenizer" else
+               point_config(r.spec, r.flags) for r in runs}
     runs = [dataclasses.replace(r, metric=configs[r.id].train.best_metric,
                                 mode=configs[r.id].train.best_mode)
             if r.stage == "pretrain" else r for r in runs]
@@ -218,9 +232,9 @@ def _info(run: Run) -> dict[str, Any]:
 def default_execute(run: Run, config) -> dict[str, Any]:
     """What `python -m lm <run.argv>` does, in this process."""
     if run.stage == "tokenizer":
-        from lm.cli import tokenizer
+        from lm.data import tokenizers
 
-        tokenizer.main(list(run.argv))
+        tokenizers.train_vocabulary(config.data, **config.vocabulary)
         return {}
     from lm.train.loop import train
 
