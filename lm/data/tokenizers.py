@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
