@@ -12,7 +12,10 @@ from lm.train import objectives as tasks
 from lm.train import pretrained, setup
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
-FILES = sorted(EXPERIMENTS.glob("*.py"))
+ALL = sorted(EXPERIMENTS.glob("*.py"))
+# A study file (get_study) declares runs of other experiment files; it has no config itself.
+STUDIES = [p for p in ALL if hasattr(config_lib.load_module(p, needs=None), "get_study")]
+FILES = [p for p in ALL if p not in STUDIES]
 
 
 def _cases():
@@ -22,10 +25,21 @@ def _cases():
             yield pytest.param(path, arg, id=f"{path.stem}:{arg}")
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
 def test_docstring_starts_with_the_command(path):
-    doc = config_lib.load_module(path).__doc__ or ""
-    assert doc.startswith(f"python -m lm train --config experiments/{path.name}"), doc[:80]
+    doc = config_lib.load_module(path, needs=None).__doc__ or ""
+    command = "study" if path in STUDIES else "train"
+    assert doc.startswith(f"python -m lm {command} --config experiments/{path.name}"), doc[:80]
+
+
+@pytest.mark.parametrize("path, arg", [pytest.param(p, a, id=f"{p.stem}:{a}") for p in STUDIES
+                                       for a in config_lib.load_module(p, needs=None).ARGS])
+def test_study_builds_every_run(path, arg, tmp_path):
+    """Every pretraining and finetuning run's config builds (`lm study --print_commands`)."""
+    from lm.runs import study
+
+    _, runs, configs = study.build(f"{path}:{arg}", str(tmp_path))
+    assert runs[0].stage == "tokenizer" and set(configs) == {r.id for r in runs}
 
 
 @pytest.mark.parametrize("path, arg", list(_cases()))

@@ -131,6 +131,7 @@ class GlueMetrics:
 
     def __init__(self, task: str):
         self._acc = metrics.Accumulator(task)
+        self.spec = self._acc.spec  # which metrics it reports (checked against best_metric)
 
     def add(self, logits_BxC, labels_B, weights_B) -> None:
         self._acc.add(metrics.predictions_from_logits(logits_BxC), labels_B, weights_B)
