@@ -303,9 +303,13 @@ def test_the_run_holds_its_objects_out_of_the_gc_and_lets_them_go_after(monkeypa
     """The steps (and the tracing of each new batch shape) run with the objects made at
     start-up frozen; a run's end unfreezes them, so repeated runs in one process free them."""
     import gc  # noqa: PLC0415
+    import types  # noqa: PLC0415
 
     from lm.train import loop  # noqa: PLC0415
-    made_at_start = [[i] for i in range(1000)]  # container objects: tracked by the GC
+    class Started(list):  # what _start returns, as far as train() looks at it
+        ckpt = types.SimpleNamespace(wait=lambda: None)
+
+    made_at_start = Started([i] for i in range(1000))  # container objects: tracked by the GC
     monkeypatch.setattr(loop, "_start", lambda *a: made_at_start)
     monkeypatch.setattr(loop, "_train", lambda run, quiet: {
         "frozen": gc.get_freeze_count(), "tracked": gc.is_tracked(run[0])})

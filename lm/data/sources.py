@@ -167,8 +167,13 @@ def tfds_records(name: str, split: str, data_dir: str | None = None) -> Sequence
             "`python -m lm data prepare glue/<task>` and data.source='glue' read the TSV files.")
     import tensorflow_datasets as tfds  # slow import: only when used
 
-    return tfds.data_source(name, split=split, data_dir=home.tfds_data_dir(data_dir),
-                            download=False)
+    try:
+        return tfds.data_source(name, split=split, data_dir=home.tfds_data_dir(data_dir),
+                                download=False)
+    except ValueError as e:  # TFDS's split parser: an unknown name or bad slice syntax
+        reason = "unknown split" if "Unknown split" in str(e) else "unparsable split"
+        raise UserError(f"{reason} {split!r} of TFDS {name!r}: {str(e).split(' See ')[0]} "
+                        "(slices look like train[:90%] or validation+test)") from None
 
 
 def field(key: str, record: dict) -> str:
