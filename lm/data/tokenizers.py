@@ -341,8 +341,10 @@ def save_chars(docs: Sequence[str], path: str) -> CharTokenizer:
 def _read_chars(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
         chars = json.load(f)["chars"]
-    if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
-        raise ValueError('"chars" is not a list of strings')
+    # save_chars writes one string; a list of one-character strings reads the same.
+    if not (isinstance(chars, str) or isinstance(chars, list)
+            and all(isinstance(c, str) for c in chars)):
+        raise ValueError('"chars" is neither a string nor a list of strings')
     return chars
 
 
