@@ -115,12 +115,12 @@ def tokenizer_config(study: config_lib.Study, run: Run):
     """What the tokenizer run trains: `data` (the data block its command line names) and
     `vocabulary` (lm.data.tokenizers.train_vocabulary's arguments)."""
     tok = study.tokenizer
-    flags = dict(zip(run.argv[2::2], run.argv[3::2]))  # the options before the overrides
-    _, overrides = config_lib.split_overrides(list(run.argv))
-    vocabulary = {"output": flags["--output"], "kind": tok.kind}
+    _, overrides = config_lib.split_overrides(run.flags)
+    output = tokenizer_file(pathlib.Path(run.workdir).parent, tok).with_suffix("")
+    vocabulary = {"output": str(output), "kind": tok.kind}
     if tok.kind == "sentencepiece":
         vocabulary.update(vocab_size=tok.vocab_size, model_type=tok.model_type)
-    return config_lib.ConfigDict({"data": config_lib.load_data(flags["--config"], overrides),
+    return config_lib.ConfigDict({"data": config_lib.load_data(run.spec, overrides),
                                   "vocabulary": vocabulary})
 
 
