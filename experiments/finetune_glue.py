@@ -16,6 +16,7 @@ The arg is `<task>[,key=value...]`:
   lr, batch, epochs   the BERT paper's recipe (defaults 2e-5, 32, 3)
   train  the training split, e.g. 'train[:10%]'
   sweep  bert (lr {5e-5,4e-5,3e-5,2e-5} × batch {16,32} × epochs {2,3,4}) | lr (3 lrs)
+  seeds  N: each sweep point once per train.seed 0..N-1; the table ranks points by their mean
 
 Nothing is read here: at start-up the trainer takes the architecture and tokenizer from the
 init source and counts the train split, then sets train.steps_per_epoch and train.steps =
@@ -33,7 +34,7 @@ ARGS = ("sst2", "cola", "mrpc", "rte", "stsb", "wnli")  # the tasks with a train
 
 def _arg(arg: str | None):
     return parse_arg(arg, task="sst2", init="minilm", size="tiny", lr=2e-5, batch=32,
-                     epochs=3, train="train", seq_len=128, sweep="bert")
+                     epochs=3, train="train", seq_len=128, sweep="bert", seeds=1)
 
 
 def get_config(arg: str | None = None):
@@ -88,4 +89,8 @@ def get_sweep(arg: str | None = None) -> Sweep:
         "lr": {"train.lr": [1e-4, 5e-5, 2e-5]},  # a quick look at the learning rate alone
     }
     axes = pick(grids, a.sweep, what="sweep")
-    return Sweep(product(**axes), metric=f"eval/{glue.get(a.task).main}", mode="max")
+    # seeds=N repeats each point over train.seed 0..N-1 (small GLUE dev sets: RTE's 277 rows
+    # move by several points between seeds, so one seed cannot rank two learning rates).
+    seeds = tuple(range(int(a.seeds))) if int(a.seeds) > 1 else ()
+    return Sweep(product(**axes), metric=f"eval/{glue.get(a.task).main}", mode="max",
+                 seeds=seeds)

@@ -41,7 +41,8 @@ def main(argv: list[str]) -> None:
         print(usage())
         return
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        sys.exit(usage() if len(argv) < 2 else f"unknown command {argv[1]!r}\n{usage()}")
+        sys.exit(usage() if len(argv) < 2 else f"error: unknown command {argv[1]!r}; choose "
+                 f"one of {', '.join(COMMANDS)} (python -m lm --help says what each does)")
     from lm import compile_cache, malloc
     from lm.errors import Interrupted, UserError
 

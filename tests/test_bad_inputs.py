@@ -60,6 +60,7 @@ def _files(root: pathlib.Path, gpt2_tokenizer_dir: str) -> dict[str, str]:
     put("SYNTAX", "def get_config(arg=None)\n    return 1\n", ".py")
     put("RAISES", "raise RuntimeError('boom at import')\n", ".py")
     put("DICT", "def get_config(arg=None):\n    return {'train': {'lr': 1.0}}\n", ".py")
+    put("NO_GET_CONFIG", "X = 1\n", ".py")
     put("NO_CHARS", json.dumps({"vocab": ["a", "b"]}), ".json")
     put("BAD_TOKJSON", '{"version": "1.0", "model": {', ".json")
     rows = [f"{i}\tA man.\tA person.\t{'entailment' if i % 2 else 'not_entailment'}\n"
@@ -214,6 +215,44 @@ CASES = [
     ("T5 label word the tokenizer cannot write",
      ["train", "--config", "experiments/finetune_t5.py:rte,init=random", "--workdir", "WORK",
       "--config.data.tokenizer.path=T5_SPM", "--quiet"], r"label words \['not_entailment'\]"),
+    # ---- clear already: kept so
+    ("unknown config key", _train("--config.train.lrr=0.1"), r"train\.lrr"),
+    ("value of the wrong type", _train("--config.train.steps=abc"), r"train\.steps.*abc"),
+    ("a block set to a value", _train("--config.train=1"), r"--config\.train is a block"),
+    ("an override without a value", _train("--config.train.lr"), r"--config\.train\.lr"),
+    ("unknown experiment arg", _train(config=GPT.replace(":cpu", ":nosuch")), r"nosuch"),
+    ("missing experiment file", _train(config="/nonexistent/exp.py"), r"/nonexistent/exp\.py"),
+    ("experiment without get_config", _train(config="NO_GET_CONFIG"), r"get_config"),
+    ("get_sweep missing", ["sweep", "--config", GPT, "--workdir", "WORK"], r"get_sweep"),
+    ("get_study missing", ["study", "--config", GPT, "--workdir", "WORK"], r"get_study"),
+    ("unknown command", ["bogus"], r"unknown command 'bogus'; choose one of train, "),
+    ("train without --workdir", ["train", "--config", GPT], r"--workdir"),
+    ("seq_len above max_len", _train("--config.data.seq_len=4096"), r"seq_len.*max_len"),
+    ("model vocabulary smaller than the tokenizer's", _train("--config.model.vocab_size=8"),
+     r"vocab"),
+    ("num_heads not dividing d_model", _train("--config.model.num_heads=3"), r"num_heads"),
+    ("unknown activation", _train("--config.model.activation=bogus"), r"activation"),
+    ("unknown objective", _train("--config.data.objective=bogus"), r"objective.*bogus"),
+    ("unknown data source", _train("--config.data.source=bogus"), r"source.*bogus"),
+    ("unknown schedule", _train("--config.train.schedule=bogus"), r"schedule.*bogus"),
+    ("mesh larger than the devices", _train("--config.mesh.fsdp=2"), r"mesh|device"),
+    ("missing text file", _train("--config.data.files.train=/nonexistent/t.txt",
+                                 tiny=TEXT_GPT), r"/nonexistent/t\.txt"),
+    ("resume with another model shape", ["train", "--config", GPT, "--workdir", "RUN", *TINY,
+                                         "--config.model.d_model=64"],
+     r"another shape .*d_model|another shape .*checkpoint \(32,\) vs model \(64,\)"),
+    ("eval: no such workdir", ["eval", "--workdir", "/nonexistent/run"], r"/nonexistent/run"),
+    ("sample: no such --hf directory", ["sample", "--hf", "/nonexistent/hf", "--prompt", "a"],
+     r"/nonexistent/hf"),
+    ("sample: no such checkpoint step", ["sample", "--workdir", "RUN", "--prompt", "a",
+                                         "--step", "999"], r"999"),
+    ("eval: unknown split", ["eval", "--workdir", "RUN", "--split", "nosuch"], r"nosuch"),
+    ("fill_mask on a GPT run", ["fill_mask", "--workdir", "RUN", "--text", "a [MASK]"],
+     r"mask|bert|gpt"),
+    ("classify on a language model", ["classify", "--workdir", "RUN", "--text", "a"],
+     r"classif|label|num_labels"),
+    ("convert: no such source", ["convert", "/nonexistent/hf", "WORK"], r"/nonexistent/hf"),
+    ("data prepare: unknown dataset", ["data", "prepare", "bogus"], r"bogus"),
 ]
 
 

@@ -295,3 +295,13 @@ def test_sweep_seeds_repeat_each_point_and_rank_by_the_mean(typed, tmp_path):
     assert lines[0].startswith("best seeds: heads=mlm-nsp,name=x_y  "
                                "eval/accuracy=0.7167 ± 0.0208 (n=3)")
     assert (workdir / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finetune_glue_sweep_repeats_each_point_over_seeds(tmp_path):
+    spec = "experiments/finetune_glue.py:rte,sweep=lr,seeds=3"
+    commands = sweep.commands(spec, str(tmp_path))
+    assert len(commands) == 9  # 3 learning rates × 3 seeds
+    lrs_seeds = [(c.split("--config.train.lr=")[1].split()[0], c.split("--config.train.seed=")[1])
+                 for c in commands]
+    assert lrs_seeds == [(lr, s) for lr in ("0.0001", "5e-05", "2e-05") for s in "012"]
+    assert len(sweep.commands(spec.replace(",seeds=3", ""), str(tmp_path))) == 3

@@ -9,6 +9,9 @@ import errno
 import json
 import os
 import pathlib
+import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,8 +183,6 @@ def test_a_disk_that_fills_during_a_save_names_the_last_complete_step(tmp_path, 
 
 
 def test_a_disk_full_before_the_first_save_says_no_checkpoint_yet(tmp_path, monkeypatch):
-    import shutil
-
     from lm.train import checkpoint
 
     usage = shutil.disk_usage("/")
@@ -239,8 +240,6 @@ def finished(tmp_path_factory) -> pathlib.Path:
 
 def test_allow_config_change_on_a_full_disk_leaves_no_empty_changes_file(finished, tmp_path,
                                                                         monkeypatch):
-    import shutil
-
     from lm.train import writer
 
     work = tmp_path / "run"
@@ -269,8 +268,6 @@ def test_allow_config_change_on_a_full_disk_leaves_no_empty_changes_file(finishe
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_resuming_in_a_read_only_workdir_is_one_line(finished, tmp_path):
-    import shutil
-
     work = tmp_path / "run"
     shutil.copytree(finished, work)
     (work / workdir.LOCK_FILE).unlink()
@@ -284,6 +281,85 @@ def test_resuming_in_a_read_only_workdir_is_one_line(finished, tmp_path):
     assert f"the last complete checkpoint is step 2 in {work / 'checkpoints'}" in text
     assert _snapshot(work) == before
 
+
+
+# A real small filesystem: a tmpfs mounted in a user + mount namespace (`unshare`), so the
+# disk really fills (ENOSPC from the kernel, in orbax's threads too) or really is read-only.
+def _namespaces() -> bool:
+    return bool(shutil.which("unshare")) and subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "true"],
+        capture_output=True).returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(not _namespaces(), reason="no user and mount namespaces "
+                                  "(unshare) to mount a small or read-only filesystem")
+
+
+def _on_small_disk(disk: pathlib.Path, size: int, script: str) -> str:
+    """Runs bash `script` with a tmpfs of `size` bytes mounted at `disk`; its stdout."""
+    disk.mkdir()
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c",
+                           f"mount -t tmpfs -o size={size} tmpfs {disk} && {script}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _pages(path: pathlib.Path) -> int:
+    """Bytes `path` takes on a tmpfs: each file rounded up to whole 4 KiB pages."""
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in path.rglob("*") if p.is_file())
+
+
+def _message(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and "LM_DEBUG" not in ln]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@needs_mounts
+def test_a_real_full_disk_during_saves_is_one_line_and_the_rerun_equals_an_uninterrupted_run(
+        finished, tmp_path):
+    """A tmpfs with room for the records and about 3 checkpoints: the run fails at a save
+    with one line naming the last complete step; on a bigger disk the rerun resumes from it
+    and its records equal those of a run that never saw a full disk."""
+    flags = ["--config.train.steps=10", "--config.train.checkpoint_every=1",
+             "--config.train.keep_checkpoints=100", "--config.train.log_every=1"]
+    main(["lm", *_train_argv(tmp_path / "reference", *flags)])
+    records = _pages(finished) - _pages(finished / "checkpoints")
+    # A save first checks for the state's size + 1 MiB free; ENOSPC can also come mid-save.
+    size = records * 2 + (1 << 20) + 7 * _pages(finished / "checkpoints" / "2") // 2
+    disk = tmp_path / "disk"
+    command = shlex.join(_lm(*_train_argv(disk / "run", *flags)))
+    out = _on_small_disk(disk, size, f"{command} 2> {tmp_path}/full.err; echo exit=$?; "
+                         f"mount -o remount,size=256m {disk} && {command} && "
+                         f"cp -r {disk}/run {tmp_path}/after")
+    assert "exit=1" in out
+    line = _message((tmp_path / "full.err").read_text())
+    assert re.search(r"No space left|not enough disk space", line), line
+    last = int(re.search(r"the last complete checkpoint is step (\d+) in "
+                         + re.escape(str(disk / "run" / "checkpoints")), line).group(1))
+    assert 1 <= last < 10, line
+
+    def losses(work):
+        return [(r["step"], r["train/loss"]) for r in map(json.loads, (work / "metrics.jsonl")
+                .read_text().splitlines()) if "train/loss" in r]
+
+    assert losses(tmp_path / "after") == losses(tmp_path / "reference")
+
+
+@needs_mounts
+def test_resuming_on_a_read_only_filesystem_is_one_line(finished, tmp_path):
+    disk = tmp_path / "disk"
+    work = disk / "run"
+    command = shlex.join(_lm(*_train_argv(work, "--config.train.steps=4",
+                                          "--allow_config_change")))
+    out = _on_small_disk(disk, 64 << 20, f"cp -r {finished} {work} && rm -f {work}/"
+                         f"{workdir.LOCK_FILE} && mount -o remount,ro {disk} && "
+                         f"{command} 2> {tmp_path}/ro.err; echo exit=$?")
+    assert "exit=1" in out
+    line = _message((tmp_path / "ro.err").read_text())
+    assert f"cannot write {work}" in line and "Read-only file system" in line, line
+    assert f"the last complete checkpoint is step 2 in {work / 'checkpoints'}" in line, line
 
 # ---------------------------------------------------------------- signals during start-up
 
@@ -319,8 +395,6 @@ def test_a_signal_during_start_up_is_one_line_and_removes_the_new_workdir(signal
 
 
 def test_a_signal_while_resuming_leaves_the_run_and_says_where_it_resumes(finished, tmp_path):
-    import shutil
-
     work = tmp_path / "run"
     shutil.copytree(finished, work)
     before = _snapshot(work)
@@ -331,3 +405,21 @@ def test_a_signal_while_resuming_leaves_the_run_and_says_where_it_resumes(finish
     assert done.returncode == 143 and "Traceback" not in done.stderr, done.stderr
     assert f"the last complete checkpoint is step 2 in {work / 'checkpoints'}" in done.stderr
     assert _snapshot(work) == before
+
+
+def test_an_attempt_that_never_saved_a_checkpoint_is_started_over_by_a_plain_rerun(
+        finished, tmp_path, capsys):
+    """As after a kill or a full disk before the first save: records, no checkpoint, none set
+    aside. The rerun starts at step 0 and moves the old records aside (nothing deleted)."""
+    work = tmp_path / "run"
+    shutil.copytree(finished, work, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
+    old = (work / "metrics.jsonl").read_text()
+    main(["lm", *_train_argv(work, "--config.train.steps=2")])
+    (previous,) = (work / "previous").iterdir()
+    assert "(what the previous attempt recorded: " in capsys.readouterr().out
+    assert (previous / "metrics.jsonl").read_text() == old
+    def losses(text):
+        return [(r["step"], r.get("train/loss"), r.get("eval/loss"))
+                for r in map(json.loads, text.splitlines())]
+
+    assert losses((work / "metrics.jsonl").read_text()) == losses(old)  # again, from step 0

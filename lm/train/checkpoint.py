@@ -260,6 +260,10 @@ class Checkpointer:
             path = os.path.dirname(path)
         free = shutil.disk_usage(path).free
         if free < needed:
+            # The save in flight finishes first: it holds a good state, the message names it as
+            # the last complete step, and orbax's threads must not die at interpreter exit.
+            with contextlib.suppress(UserError):
+                self.wait()
             raise UserError(
                 f"not enough disk space to save a checkpoint in {self.directory}: it needs "
                 f"about {format_bytes(needed)}, {format_bytes(free)} is free. Free space (or "
@@ -377,12 +381,11 @@ class Checkpointer:
         stored = {leaf.name: tuple(leaf.shape) for leaf in leaves if hasattr(leaf, "shape")}
         problems = shape_mismatches(stored, _shapes_by_name(abstract_state))
         if problems:
-            shown = "\n  ".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "")
+            shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
             raise UserError(
                 f"the checkpoint {self.directory / str(step)} holds a model of another shape "
-                f"({len(problems)} mismatched parameters):\n  {shown}\n"
-                "Use a fresh --workdir, or the model config the checkpoint was saved with."
-            )
+                f"({len(problems)} mismatched parameters: {shown}): use a fresh --workdir, or "
+                "the model config the checkpoint was saved with")
 
     def wait(self) -> None:
         """Blocks until every started save is on disk (raises UserError if one failed)."""

@@ -44,7 +44,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, quiet: bool = Fals
     train and eval metrics, `best/<metric>` of the best checkpoint when `train.best_metric` is
     set, and `preempted` = 1.0 when SIGTERM/SIGINT stopped it early. `restart` starts over:
     what a previous run recorded is moved to `workdir/previous/<time>/` (see move_previous_run);
-    without it, a workdir with records but no checkpoint to resume from is refused."""
+    without it, a workdir whose checkpoints were all set aside as damaged is refused."""
     workdir = pathlib.Path(workdir).absolute()
     created = not workdir.exists()
     try:
@@ -96,8 +96,8 @@ class Run(NamedTuple):
 
 def _start(config, workdir: pathlib.Path, allow_config_change: bool, restart: bool = False
            ) -> Run:
-    if not restart:
-        refuse_records_without_checkpoint(workdir)
+    if not restart and records_without_checkpoint(workdir):
+        restart = True  # an attempt that never saved a checkpoint: its records move aside
     parts = setup.build(config, workdir=workdir)  # fails fast on a bad config, mesh or batch
     config, t = parts.config, parts.config.train
     # Every split resolves (and yields a batch) before anything is written.
@@ -132,9 +132,9 @@ def _start(config, workdir: pathlib.Path, allow_config_change: bool, restart: bo
         if config.init.checkpoint or config.init.hf_dir:  # finetuning: a fresh run only
             params = pretrained.init_params(config, state.params)
             state = state.replace(params=jax.device_put(params, state_shardings.params))
-        if restart:
-            move_previous_run(workdir)
-        log(f"fresh run in {workdir}")
+        moved = move_previous_run(workdir) if restart else None
+        log(f"fresh run in {workdir}" + (f" (what the previous attempt recorded: {moved})"
+                                         if moved else ""))
     step_ = int(jax.device_get(state.step))
     if jax.process_index() == 0:
         _record_config(workdir, config.to_dict(), step_, allow_config_change)
@@ -149,18 +149,22 @@ RUN_RECORDS = ("config.json", "config_changes.jsonl", "metrics.jsonl", "tensorbo
                "checkpoints", "checkpoints_damaged", "profile")
 
 
-def refuse_records_without_checkpoint(workdir: pathlib.Path) -> None:
-    """A workdir whose run left records but no checkpoint (all set aside as damaged, or a
-    kill before the first save) is not started over silently beside them."""
+def records_without_checkpoint(workdir: pathlib.Path) -> bool:
+    """Whether `workdir` holds the records of an attempt that never saved a checkpoint (a
+    kill or a full disk before the first save): a rerun starts over, moving them aside. A run
+    whose checkpoints were all set aside as damaged is refused instead: starting it over
+    silently, beside its records, would hide that it once got further."""
     metrics, checkpoints = workdir / "metrics.jsonl", workdir / "checkpoints"
     steps = [p for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.is_dir() else []
-    if not steps and metrics.exists() and metrics.stat().st_size:
-        damaged = workdir / "checkpoints_damaged"
-        why = (f"its checkpoints were set aside as damaged in {damaged}" if damaged.is_dir()
-               and any(damaged.iterdir()) else "it has no checkpoint to resume from")
-        raise UserError(f"{workdir} holds the records of a run ({metrics}) but {why}: rerun "
-                        "with --restart to start over (the old records move to "
-                        f"{workdir / 'previous'}/), or use another --workdir")
+    if steps or not metrics.exists() or not metrics.stat().st_size:
+        return False
+    damaged = workdir / "checkpoints_damaged"
+    if damaged.is_dir() and any(damaged.iterdir()):
+        raise UserError(f"{workdir} holds the records of a run ({metrics}) but its checkpoints "
+                        f"were set aside as damaged in {damaged}: rerun with --restart to start "
+                        f"over (the old records move to {workdir / 'previous'}/), or use another "
+                        "--workdir")
+    return True
 
 
 def move_previous_run(workdir: pathlib.Path) -> pathlib.Path | None:
