@@ -78,6 +78,17 @@ def test_summary_and_welch_match_the_formulas():
     assert got.within_noise == (want["low"] <= 0 <= want["high"])
 
 
+def test_no_test_says_why(tmp_path):
+    """A task every run scores at its floor (RTE at the majority class) has no spread: no
+    CI, and the table says so, rather than blaming the number of seeds."""
+    assert stats.welch([0.5], [0.4, 0.45], stats.PRETRAIN).untested == "n<2"
+    floor = stats.welch([0.527, 0.527], [0.527, 0.527, 0.527], stats.PRETRAIN)
+    assert floor.untested == "no spread" and not floor.tested and floor.diff == 0
+    rows = _rows({"base": {p: [0.527] for p in range(3)}, "new": {p: [0.527] for p in range(2)}})
+    report.write_report(rows, _study(), tmp_path)
+    assert "+0.00 (no test: no spread)" in (tmp_path / "results.md").read_text()
+
+
 def test_report_csv_matches_the_formulas(tmp_path):
     a, b = [0.80, 0.82, 0.85, 0.79], [0.78, 0.80, 0.77]
     rows = _rows({"base": {p: [x] for p, x in enumerate(b)},

@@ -251,7 +251,7 @@ def diff_cell(c: Cell, decimals: int) -> str:
         return "missing"
     text = _num(cmp.diff, decimals, sign=True)
     if not cmp.tested:
-        return f"{text} (no test: n<2)"
+        return f"{text} (no test: {cmp.untested or 'n<2'})"
     text += (f" [{_num(cmp.ci_low, decimals)}, {_num(cmp.ci_high, decimals)}]"
              f" {_p(cmp.p_value)}")
     text += " (noise)" if cmp.within_noise else ""

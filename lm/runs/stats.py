@@ -51,6 +51,7 @@ class Comparison:
     p_value: float
     df: float
     unit: str
+    untested: str = ""  # why there is no test: "n<2" or "no spread" (every score the same)
 
     @property
     def tested(self) -> bool:
@@ -109,9 +110,13 @@ def welch(a: Sequence[float], b: Sequence[float], unit: str,
     both sides have zero variance (no estimate of the noise)."""
     a_N, b_M = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff = float(a_N.mean() - b_M.mean()) if a_N.size and b_M.size else math.nan
-    noise = a_N.var(ddof=1) + b_M.var(ddof=1) if min(a_N.size, b_M.size) >= 2 else 0.0
-    if not noise > 0:
-        return Comparison(diff, math.nan, math.nan, math.nan, math.nan, unit)
+    # Equal scores up to float rounding (0.527 × 100 three times) count as no spread: a
+    # variance of 1e-28 would give a CI of width 0 and a meaningless p.
+    scale = 1e-9 * max(1.0, *np.abs(a_N), *np.abs(b_M)) if a_N.size and b_M.size else 1.0
+    spread = max(np.ptp(a_N), np.ptp(b_M)) if min(a_N.size, b_M.size) >= 2 else 0.0
+    if not spread > scale:
+        why = "n<2" if min(a_N.size, b_M.size) < 2 else "no spread"
+        return Comparison(diff, math.nan, math.nan, math.nan, math.nan, unit, why)
     res = stats.ttest_ind(a_N, b_M, equal_var=False)
     ci = res.confidence_interval(confidence_level=confidence)  # Welch–Satterthwaite t
     return Comparison(diff, float(ci.low), float(ci.high), float(res.pvalue), float(res.df),
