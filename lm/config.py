@@ -251,6 +251,9 @@ class Task:
     metric: str
     mode: str = "max"  # 'max' | 'min': which way is better
     overrides: Point = dataclasses.field(default_factory=dict)  # e.g. {'train.epochs': 2}
+    # The score of a constant prediction (majority class; 0 for a correlation), in the
+    # metric's units: shown under the variants, so a cell that learned nothing is seen as such.
+    floor: float | None = None
 
     def __post_init__(self):
         _check_name(self.name, "task")
@@ -358,7 +361,8 @@ class Study:
     def report_dict(self) -> dict[str, Any]:
         """Plain data for `lm.runs.report.Study.from_dict` (the table's layout)."""
         return dict(variants=list(self.variant_names), baseline=self.baseline,
-                    tasks=[dict(name=t.name, metric=t.metric, mode=t.mode) for t in self.tasks],
+                    tasks=[dict(name=t.name, metric=t.metric, mode=t.mode, floor=t.floor)
+                           for t in self.tasks],
                     pretrain_seeds=list(self.pretrain_seeds),
                     finetune_seeds=list(self.finetune_seeds),
                     reference=None if self.reference is None

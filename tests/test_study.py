@@ -406,3 +406,13 @@ def test_interrupted_real_study_resumes_to_the_same_numbers(real_study, tmp_path
                     for d in (tmp_path / "s", full))
         assert {k: v for k, v in got.items() if k.startswith(("eval/", "best/"))} == {
             k: v for k, v in ref.items() if k.startswith(("eval/", "best/"))}
+
+
+def test_the_nsp_study_gives_each_task_its_floor_and_the_report_gets_it():
+    spec = config_lib.load_study(f"{REPO}/experiments/bert_nsp_study.py:cpu")
+    tasks = {t["name"]: t for t in spec.report_dict()["tasks"]}
+    assert tasks["mrpc"]["floor"] == pytest.approx(2 * 279 / 687)  # F1 of all "equivalent"
+    assert tasks["cola"]["floor"] == 0.0 and tasks["rte"]["floor"] == pytest.approx(146 / 277)
+    from lm.runs import report
+
+    assert report.Study.from_dict(spec.report_dict()).tasks[0].floor == tasks["sst2"]["floor"]

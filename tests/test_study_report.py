@@ -89,6 +89,25 @@ def test_no_test_says_why(tmp_path):
     assert "+0.00 (no test: no spread)" in (tmp_path / "results.md").read_text()
 
 
+def test_the_constant_prediction_row_sits_under_the_variants(tmp_path):
+    """Each task's floor ×100 (and their mean under avg) in a last row of the scores table."""
+    rows = (_rows({"base": {0: [0.70], 1: [0.72]}, "new": {0: [0.71], 1: [0.69]}})
+            + _rows({"base": {0: [0.80], 1: [0.82]}, "new": {0: [0.81], 1: [0.83]}},
+                    task="mrpc", metric="f1"))
+    study = report.Study.from_dict(dict(
+        variants=["base", "new"], baseline="base",
+        tasks=[dict(name="sst2", metric="accuracy", floor=444 / 872),
+               dict(name="mrpc", metric="f1", floor=2 * 279 / 687)]))
+    report.write_report(rows, study, tmp_path)
+    table = _md_table((tmp_path / "results.md").read_text(), "Scores")
+    assert [r[0] for r in table[1:]] == ["base", "new", report.FLOOR_ROW]
+    assert table[-1][1:] == [f"{100 * 444 / 872:.2f}", f"{100 * 558 / 687:.2f}",
+                             f"{50 * (444 / 872 + 558 / 687):.2f}"]
+    no_floor = tmp_path / "none"
+    report.write_report(rows, _study(tasks=("sst2", "mrpc")), no_floor)
+    assert report.FLOOR_ROW not in (no_floor / "results.md").read_text()
+
+
 def test_report_csv_matches_the_formulas(tmp_path):
     a, b = [0.80, 0.82, 0.85, 0.79], [0.78, 0.80, 0.77]
     rows = _rows({"base": {p: [x] for p, x in enumerate(b)},

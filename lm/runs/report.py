@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from lm.runs import stats
 
 AVG = "avg"
+FLOOR_ROW = "(constant prediction)"  # the trivial baseline, under the variants
 MINUS = "\u2212"  # typographic minus, as papers print it
 NO_VALUE = "\u2014"  # em dash: the paper has no number here
 
@@ -31,6 +32,7 @@ class Task:
     name: str
     metric: str  # the name runs.csv's `metric` column holds for this task
     mode: str = "max"  # 'max' | 'min': which way is better (as train.best_mode)
+    floor: float | None = None  # a constant prediction's score (unscaled), if known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +309,10 @@ def _intro(study: Study, scale: float) -> list[str]:
     return ["# Study results", "",
             (units + "mean ± std (n): n pretraining seeds, each the mean of its finetuning "
              "seeds. \u2020: one pretraining seed, so n counts finetuning runs, which measure "
-             "finetuning noise only. *: some runs missing (listed below). " + avg).rstrip(), ""]
+             "finetuning noise only. *: some runs missing (listed below). " + avg
+             + (f"{FLOOR_ROW}: the score of predicting one constant (the majority class; 0 "
+                "for a correlation): a variant near it learned nothing the task can use."
+                if any(t.floor is not None for t in study.tasks) else "")).rstrip(), ""]
 
 
 TEST_LINE = ("Test: Welch's two-sided t-test (scipy.stats.ttest_ind, equal_var=False), variant "
@@ -324,6 +329,13 @@ def markdown(cells: Mapping[tuple[str, str], Cell], missing: Sequence[MissingRun
               for v in study.variants]
     diffs = [[v] + [diff_cell(cells[v, c], decimals) for c in columns]
              for v in study.variants]
+    floors = {t.name: t.floor * scale for t in study.tasks if t.floor is not None}
+    if floors:
+        average = [floors[t] for t in study.average_tasks() if t in floors]
+        if study.average_tasks() and len(average) == len(study.average_tasks()):
+            floors[AVG] = sum(average) / len(average)
+        scores.append([FLOOR_ROW] + [_num(floors[c], decimals) if c in floors else "\u2014"
+                                     for c in columns])
     lines = [*_intro(study, scale), "## Scores", "", *_table(_header(study), scores), "",
              f"## Difference from the baseline `{study.baseline}`", "",
              *_table(_header(study), diffs), "", TEST_LINE, ""]
@@ -351,6 +363,7 @@ def plot(cells: Mapping[tuple[str, str], Cell], study: Study, path: pathlib.Path
 
     columns = study.columns()
     metric_of = {t.name: t.metric for t in study.tasks} | {AVG: "task average"}
+    floor = {t.name: t.floor for t in study.tasks}  # red dotted: a constant prediction
     fig, axes = plt.subplots(1, len(columns), figsize=(0.9 * len(study.variants) * len(columns)
                                                        + 2.0, 3.6), squeeze=False)
     for ax, column in zip(axes[0], columns):
@@ -368,6 +381,8 @@ def plot(cells: Mapping[tuple[str, str], Cell], study: Study, path: pathlib.Path
         base = cells[study.baseline, column].summary
         if base.n:
             ax.axhline(base.mean, color="gray", lw=0.8, ls="--")
+        if floor.get(column) is not None:
+            ax.axhline(floor[column] * scale, color="red", lw=0.8, ls=":")
         ax.set_xticks(range(len(study.variants)), study.variants, rotation=30, ha="right")
         ax.set(title=f"{column} ({metric_of[column]})",
                ylabel=f"score ×{scale:g}" if scale != 1 else "score")

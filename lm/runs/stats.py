@@ -16,6 +16,7 @@ every task, then summarised and tested like a task.
 
 import dataclasses
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 
@@ -117,7 +118,9 @@ def welch(a: Sequence[float], b: Sequence[float], unit: str,
     if not spread > scale:
         why = "n<2" if min(a_N.size, b_M.size) < 2 else "no spread"
         return Comparison(diff, math.nan, math.nan, math.nan, math.nan, unit, why)
-    res = stats.ttest_ind(a_N, b_M, equal_var=False)
+    with warnings.catch_warnings():  # one side constant up to rounding (RTE at its floor):
+        warnings.simplefilter("ignore", RuntimeWarning)  # its variance ~0 is the right answer
+        res = stats.ttest_ind(a_N, b_M, equal_var=False)
     ci = res.confidence_interval(confidence_level=confidence)  # Welch–Satterthwaite t
     return Comparison(diff, float(ci.low), float(ci.high), float(res.pvalue), float(res.df),
                       unit)
