@@ -21,7 +21,7 @@ from lm.runs import stats
 AVG = "avg"
 FLOOR_ROW = "(constant prediction)"  # the trivial baseline, under the variants
 MINUS = "\u2212"  # typographic minus, as papers print it
-NO_VALUE = "\u2014"  # em dash: the paper has no number here
+NO_VALUE = "\u2014"  # em dash: no number here (not in the paper; no floor given)
 
 
 # ---------------------------------------------------------------- the study
@@ -253,7 +253,7 @@ def diff_cell(c: Cell, decimals: int) -> str:
         return "missing"
     text = _num(cmp.diff, decimals, sign=True)
     if not cmp.tested:
-        return f"{text} (no test: {cmp.untested or 'n<2'})"
+        return f"{text} (no test: {cmp.untested})"
     text += (f" [{_num(cmp.ci_low, decimals)}, {_num(cmp.ci_high, decimals)}]"
              f" {_p(cmp.p_value)}")
     text += " (noise)" if cmp.within_noise else ""
@@ -334,7 +334,7 @@ def markdown(cells: Mapping[tuple[str, str], Cell], missing: Sequence[MissingRun
         average = [floors[t] for t in study.average_tasks() if t in floors]
         if study.average_tasks() and len(average) == len(study.average_tasks()):
             floors[AVG] = sum(average) / len(average)
-        scores.append([FLOOR_ROW] + [_num(floors[c], decimals) if c in floors else "\u2014"
+        scores.append([FLOOR_ROW] + [_num(floors[c], decimals) if c in floors else NO_VALUE
                                      for c in columns])
     lines = [*_intro(study, scale), "## Scores", "", *_table(_header(study), scores), "",
              f"## Difference from the baseline `{study.baseline}`", "",

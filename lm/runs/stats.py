@@ -113,9 +113,9 @@ def welch(a: Sequence[float], b: Sequence[float], unit: str,
     diff = float(a_N.mean() - b_M.mean()) if a_N.size and b_M.size else math.nan
     # Equal scores up to float rounding (0.527 × 100 three times) count as no spread: a
     # variance of 1e-28 would give a CI of width 0 and a meaningless p.
-    scale = 1e-9 * max(1.0, *np.abs(a_N), *np.abs(b_M)) if a_N.size and b_M.size else 1.0
+    tolerance = 1e-9 * max(1.0, *np.abs(a_N), *np.abs(b_M)) if a_N.size and b_M.size else 1.0
     spread = max(np.ptp(a_N), np.ptp(b_M)) if min(a_N.size, b_M.size) >= 2 else 0.0
-    if not spread > scale:
+    if not spread > tolerance:
         why = "n<2" if min(a_N.size, b_M.size) < 2 else "no spread"
         return Comparison(diff, math.nan, math.nan, math.nan, math.nan, unit, why)
     with warnings.catch_warnings():  # one side constant up to rounding (RTE at its floor):
